@@ -1,0 +1,39 @@
+# dlzoo: train in PyTorch -> export to ONNX + model card -> serve with ONNX Runtime behind BentoML.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export DLZOO_MODELS ?= $(CURDIR)/models
+PORT ?= 3000
+PROFILE ?= quick
+
+.PHONY: setup models models-if-missing serve test bench load build clean
+
+setup: $(STAMP)  ## a .venv with every extra; fast when already done
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+models: setup  ## train the whole zoo into models/ (quick = CPU-sized profile)
+	$(BIN)/python -m training zoo --profile $(PROFILE) --models $(DLZOO_MODELS)
+
+models-if-missing: setup
+	@if ls $(DLZOO_MODELS)/*/*/card.json >/dev/null 2>&1; then \
+	  echo "models: $(DLZOO_MODELS) has models; 'make models' builds a new version"; \
+	else $(MAKE) --no-print-directory models; fi
+
+serve: models-if-missing  ## serve on http://127.0.0.1:$(PORT)
+	$(BIN)/bentoml serve service.app:DLZoo --host 127.0.0.1 --port $(PORT)
+
+test: setup  ## the whole suite (trains tiny models in fixtures, starts a real server)
+	$(BIN)/python -m pytest
+
+build: models-if-missing  ## bentoml build (offline: uv, lock_packages false)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml build .
+
+clean:
+	rm -rf $(VENV) .pytest_cache
