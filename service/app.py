@@ -1,0 +1,169 @@
+"""The BentoML service: endpoints only; the work lives in catalog, imaging and runtime.
+
+Two services in one ``bentoml serve``:
+
+- ``DLZoo`` (the HTTP front, ``service.app:DLZoo``): validates requests, decodes and preprocesses
+  uploads (CPU work that scales with front workers), answers errors as 4xx.
+- ``Inference``: owns the ONNX Runtime sessions. Its ``classify_batch`` is a batchable API, so
+  BentoML's adaptive batching groups concurrent requests (possibly for different models) into one
+  call; the method groups them by model and runs one ONNX call per group. A batchable API takes one
+  argument, so each item carries its own options (model, top_k).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import Field
+
+from service import imaging
+from service.catalog import Catalog
+from service.errors import BadRequest, ClientError, PayloadTooLarge, error_for_status
+from service.runtime import RuntimeConfig
+from service.settings import Settings
+
+log = logging.getLogger("dlzoo")
+SETTINGS = Settings.from_env()
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+INFERENCE_SECONDS = bentoml.metrics.Histogram(
+    name="dlzoo_inference_seconds", documentation="ONNX Runtime time per call (one call per model per batch)",
+    labelnames=["model", "provider"], buckets=_BUCKETS)
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="dlzoo_batch_size", documentation="items per ONNX call",
+    labelnames=["model", "provider"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+STAGE_SECONDS = bentoml.metrics.Histogram(
+    name="dlzoo_stage_seconds", documentation="per-request time by stage: queue, preprocess, inference",
+    labelnames=["model", "provider", "stage"], buckets=_BUCKETS)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@bentoml.service(
+    name="dlzoo-inference",
+    workers=SETTINGS.inference_workers,
+    traffic={"timeout": 60},
+    # The front keeps one connection pool to this service; BentoML's client recycles it after 100
+    # requests or 300 s by default, which fails requests in flight under load.
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9},
+)
+class Inference:
+    def __init__(self) -> None:
+        self.catalog = Catalog(SETTINGS.models, runtime=RuntimeConfig.from_env())
+
+    def __is_ready__(self) -> bool:
+        return True  # __init__ has opened and warmed up every session by now
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch, max_latency_ms=SETTINGS.max_latency_ms)
+    def classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """items: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}."""
+        started = time.time()
+        results: list[dict[str, Any]] = [{} for _ in items]
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[item["model"]].append(i)
+        for ref, idx in groups.items():
+            try:
+                entry = self.catalog.resolve(ref, ["classify"])
+            except ClientError as exc:
+                for i in idx:
+                    results[i] = {"error": str(exc), "status": exc.status}
+                continue
+            spec = entry.card.io["model"].inputs[0]
+            want = tuple(spec.shape[1:])
+            good = []
+            for i in idx:
+                if tuple(items[i]["pixels"].shape) != want:
+                    results[i] = {"error": f"pixels: shape {items[i]['pixels'].shape}, {ref} takes {want}",
+                                  "status": 400}
+                else:
+                    good.append(i)
+            if not good:
+                continue
+            x = np.stack([items[i]["pixels"] for i in good]).astype(np.float32, copy=False)
+            t0 = time.perf_counter()
+            logits = entry.sessions["model"].run(None, {spec.name: x})[0]
+            seconds = time.perf_counter() - t0
+            labels = {"model": entry.ref, "provider": entry.provider}
+            INFERENCE_SECONDS.labels(**labels).observe(seconds)
+            BATCH_SIZE.labels(**labels).observe(len(good))
+            probs = _softmax(logits.astype(np.float64))
+            names = entry.card.labels
+            for row, i in enumerate(good):
+                k = items[i]["top_k"]
+                top = np.argsort(-probs[row], kind="stable")[:k]
+                queue = max(0.0, started - items[i]["sent"])
+                STAGE_SECONDS.labels(stage="queue", **labels).observe(queue)
+                STAGE_SECONDS.labels(stage="inference", **labels).observe(seconds)
+                results[i] = {
+                    "model": entry.name, "version": entry.version, "provider": entry.provider,
+                    "predictions": [{"label": names[j], "index": int(j), "probability": float(probs[row, j])}
+                                    for j in top],
+                    "timings_ms": {"queue": round(queue * 1e3, 3), "inference": round(seconds * 1e3, 3)},
+                    "batch_size": len(good),
+                }
+        return results
+
+    @bentoml.api
+    def models(self) -> list[dict[str, Any]]:
+        return self.catalog.summary()
+
+
+@bentoml.service(name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60})
+class DLZoo:
+    inference = bentoml.depends(Inference)
+
+    def __init__(self) -> None:
+        # Cards and checksums only: this process preprocesses, the Inference service runs graphs.
+        self.catalog = Catalog(SETTINGS.models, runtime=None)
+
+    def __is_ready__(self) -> bool:
+        return True  # /readyz also waits for the Inference service
+
+    @bentoml.api(route="/models")
+    async def models(self) -> list[dict[str, Any]]:
+        """Every model version: card summary, status (and the reason if it failed), provider."""
+        return await self.inference.to_async.models()
+
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        # bytes, not Path: BentoML fetches any URL given in a file field; we never fetch URLs.
+        image: Annotated[bytes, Field(description="the image file (PNG, JPEG, BMP, GIF, WebP, TIFF)")],
+        model: Annotated[str, Field(description="classifier name, or name@version")] = "lenet5",
+        top_k: Annotated[int, Field(description="how many classes to return, 1..number of classes")] = 5,
+    ) -> dict[str, Any]:
+        """Classify one uploaded image (multipart/form-data)."""
+        entry = self.catalog.resolve(model, ["classify"])
+        card = entry.card
+        n = len(card.labels)
+        if not 1 <= top_k <= n:
+            raise BadRequest(f"top_k: must be between 1 and {n} for {entry.name}, got {top_k}")
+        if len(image) > SETTINGS.max_upload_bytes:
+            raise PayloadTooLarge(f"image: {len(image)} bytes is over the limit of "
+                                  f"{SETTINGS.max_upload_bytes} bytes (DLZOO_MAX_UPLOAD_BYTES)")
+        t0 = time.perf_counter()
+        pixels = await anyio.to_thread.run_sync(self._prepare, image, card.preprocess)
+        preprocess = time.perf_counter() - t0
+        [result] = await self.inference.to_async.classify_batch(
+            [{"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()}])
+        if "error" in result:
+            raise error_for_status(result["status"], result["error"])
+        STAGE_SECONDS.labels(model=entry.ref, provider=result["provider"], stage="preprocess").observe(preprocess)
+        result["timings_ms"]["preprocess"] = round(preprocess * 1e3, 3)
+        return result
+
+    @staticmethod
+    def _prepare(data: bytes, preprocess) -> np.ndarray:
+        img = imaging.decode_image(data, max_bytes=SETTINGS.max_upload_bytes, max_pixels=SETTINGS.max_pixels)
+        return imaging.to_array(img, preprocess)

@@ -1,0 +1,159 @@
+"""The model repository as the service sees it: cards verified, one ONNX Runtime session per graph.
+
+``models/<name>/<version>/card.json`` is read and validated, every file's SHA-256 checked, each
+graph opened and compared with the card's io, and warmed up. A version that fails any step is kept
+in the listing with its reason and never served; everything else keeps serving. The highest ready
+version of a name is its default; ``"name@version"`` pins one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from service.card import CARD_FILE, Card, load_card, parse_model_ref, sha256_file
+from service.errors import BadRequest, NotFoundError, ServiceUnavailableError
+
+log = logging.getLogger("dlzoo.catalog")
+
+
+@dataclass
+class Entry:
+    name: str
+    version: int
+    folder: Path
+    card: Card | None = None
+    status: str = "loading"  # ready | failed
+    reason: str | None = None
+    sessions: dict[str, Any] = field(default_factory=dict)  # role -> onnxruntime.InferenceSession
+    provider: str | None = None
+    load_seconds: float | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "version": self.version, "status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.card is not None:
+            c = self.card
+            out.update(task=c.task, architecture=c.architecture, dataset=c.dataset.name,
+                       created=c.created, metrics=c.metrics,
+                       inputs={role: [t.model_dump() for t in io.inputs] for role, io in c.io.items()})
+            if c.preprocess is not None:
+                out["preprocess"] = c.preprocess.model_dump(mode="json")
+            if c.labels is not None:
+                out["labels"] = c.labels
+            if c.latent_dim is not None:
+                out["latent_dim"] = c.latent_dim
+        if self.provider:
+            out["provider"] = self.provider
+        return out
+
+
+class Catalog:
+    """All model versions under ``root``. With ``runtime=None`` only cards and checksums are checked
+    (for processes that preprocess but do not run graphs)."""
+
+    def __init__(self, root: Path, runtime: Any | None = None):
+        self.root = Path(root)
+        self.runtime = runtime
+        self.entries: list[Entry] = []
+        if not self.root.is_dir():
+            log.error("model folder %s does not exist: no models to serve", self.root)
+            return
+        for folder in self._version_folders():
+            self.entries.append(self._load(folder))
+        ready = [e.ref for e in self.entries if e.status == "ready"]
+        log.info("catalog %s: %d ready (%s), %d failed", self.root, len(ready), ", ".join(ready),
+                 len(self.entries) - len(ready))
+
+    def _version_folders(self) -> Iterable[Path]:
+        for name_dir in sorted(self.root.iterdir()):
+            # dot folders are exports in progress (see training/export.py), never models
+            if not name_dir.is_dir() or name_dir.name.startswith("."):
+                continue
+            for vdir in sorted(name_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
+                if vdir.is_dir() and vdir.name.isdigit():
+                    yield vdir
+
+    def _load(self, folder: Path) -> Entry:
+        entry = Entry(name=folder.parent.name, version=int(folder.name), folder=folder)
+        t0 = time.perf_counter()
+        try:
+            card = load_card(folder / CARD_FILE)
+            entry.card = card
+            if (card.name, card.version) != (entry.name, entry.version):
+                raise ValueError(f"card says {card.ref} but lives in {entry.name}/{entry.version}")
+            for role, f in card.files.items():
+                path = folder / f.path
+                if not path.is_file():
+                    raise ValueError(f"{path}: file of role {role!r} is missing")
+                digest = sha256_file(path)
+                if digest != f.sha256:
+                    raise ValueError(f"{path}: checksum mismatch (card {f.sha256[:12]}…, file {digest[:12]}…)")
+            if self.runtime is not None:
+                from service import runtime as rt
+
+                for role, f in card.files.items():
+                    session, provider = rt.open_session(folder / f.path, self.runtime)
+                    problems = rt.check_io(session, card.io[role])
+                    if problems:
+                        raise ValueError(f"{folder / f.path}: graph disagrees with card: {'; '.join(problems)}")
+                    rt.warm_up(session, card.io[role])
+                    entry.sessions[role] = session
+                    entry.provider = provider
+            entry.status = "ready"
+        except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+            if self.runtime is not None and getattr(self.runtime, "device", None) == "cuda" \
+                    and isinstance(exc, RuntimeError) and "CUDA" in str(exc):
+                raise  # a GPU that was asked for and not obtained fails start-up loudly
+            entry.status, entry.reason, entry.sessions = "failed", str(exc), {}
+            log.error("skipping %s: %s", folder, exc)
+        entry.load_seconds = round(time.perf_counter() - t0, 3)
+        return entry
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    def ready_names(self, tasks: Iterable[str] | None = None) -> list[str]:
+        tasks = set(tasks) if tasks else None
+        return sorted({e.name for e in self.entries if e.status == "ready"
+                       and (tasks is None or e.card.task in tasks)})
+
+    def resolve(self, ref: str, tasks: Iterable[str] | None = None, field_name: str = "model") -> Entry:
+        """The entry for ``name`` (highest ready version) or ``name@version``; 4xx otherwise."""
+        tasks = tuple(tasks) if tasks else None
+        available = ", ".join(self.ready_names(tasks)) or "none"
+        try:
+            name, version = parse_model_ref(ref)
+        except ValueError as exc:
+            raise BadRequest(f"{field_name}: {exc}; available: {available}") from None
+        versions = [e for e in self.entries if e.name == name]
+        if not versions:
+            raise NotFoundError(f"{field_name}: no model named {name!r}; available: {available}")
+        if version is None:
+            ready = [e for e in versions if e.status == "ready"]
+            if not ready:
+                reasons = "; ".join(f"{e.ref}: {e.reason}" for e in versions)
+                raise ServiceUnavailableError(f"{field_name}: {name!r} has no version that loaded ({reasons})")
+            entry = max(ready, key=lambda e: e.version)
+        else:
+            match = [e for e in versions if e.version == version]
+            if not match:
+                have = ", ".join(str(e.version) for e in versions)
+                raise NotFoundError(f"{field_name}: {name!r} has no version {version}; versions: {have}")
+            entry = match[0]
+            if entry.status != "ready":
+                raise ServiceUnavailableError(f"{field_name}: {entry.ref} failed to load: {entry.reason}")
+        if tasks and entry.card.task not in tasks:
+            raise BadRequest(f"{field_name}: {entry.name!r} is a {entry.card.task} model; this endpoint "
+                             f"takes {' or '.join(tasks)} models: {available}")
+        return entry
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [e.summary() for e in self.entries]

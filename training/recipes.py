@@ -1,0 +1,120 @@
+"""The registry: model name -> builder, task, dataset, input spec and default hyper-parameters.
+
+Tests iterate over ``RECIPES``, so an architecture is tested the moment it is registered. A recipe
+is data: ``model_args`` go to the builder (and into the checkpoint), ``train`` to ``loop.TrainConfig``;
+``profiles`` override both for the ``quick`` (CPU-sized, what ``make models`` runs) and ``full``
+(paper-sized) zoo runs, and ``dry-run`` for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from training import architectures as arch
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    builder: Callable[..., nn.Module]
+    task: str
+    dataset: str
+    input_size: tuple[int, int] = (32, 32)
+    channels: int = 1
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    # profile name -> {"model_args": {...}, "train": {...}, "input_size": (h, w)}
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    in_quick_zoo: bool = False
+    summary: str = ""
+
+    def resolved(self, profile: str | None) -> tuple[dict[str, Any], dict[str, Any], tuple[int, int]]:
+        """(model_args, train overrides, input_size) for a profile (None = the recipe's defaults)."""
+        if profile is not None and profile not in ("quick", "full", "dry-run"):
+            raise ValueError(f"unknown profile {profile!r}; allowed: quick, full, dry-run")
+        over = self.profiles.get(profile or "", {})
+        model_args = {**self.model_args, **over.get("model_args", {})}
+        train = {**self.train, **over.get("train", {})}
+        size = tuple(over.get("input_size", self.input_size))
+        return model_args, train, size  # type: ignore[return-value]
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe {recipe.name!r} is already registered")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+# Tiny budgets for tests: the whole pipeline, seconds per model.
+_DRY = {"train": {"epochs": 1, "max_batches": 1, "limit": 64}}
+
+# --- image classifiers -------------------------------------------------------------------------
+_IMAGE_TRAIN = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 40, "patience": 12,
+                "augment": "digits", "schedule": "cosine", "weight_decay": 1e-4}
+
+register(Recipe(
+    name="mlp", builder=arch.mlp, task="classify", dataset="digits", input_size=(16, 16),
+    model_args={"hidden": [512, 256], "activation": "relu", "dropout": 0.2, "batch_norm": True},
+    train={**_IMAGE_TRAIN, "epochs": 60, "patience": 15},
+    profiles={"dry-run": _DRY}, in_quick_zoo=True,
+    summary="multilayer perceptron (Rumelhart, Hinton & Williams 1986)",
+))
+register(Recipe(
+    name="lenet5", builder=arch.lenet5, task="classify", dataset="digits",
+    train={**_IMAGE_TRAIN, "epochs": 60, "patience": 15},
+    profiles={"dry-run": _DRY}, in_quick_zoo=True,
+    summary="LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998)",
+))
+register(Recipe(
+    name="alexnet", builder=arch.alexnet, task="classify", dataset="digits",
+    model_args={"small_input": True, "width": 1.0, "dropout": 0.5},
+    train={**_IMAGE_TRAIN, "optimizer": "momentum", "lr": 0.01, "weight_decay": 5e-4},
+    profiles={"quick": {"model_args": {"width": 0.25}},
+              "dry-run": {**_DRY, "model_args": {"width": 0.0625}}},
+    in_quick_zoo=True,
+    summary="AlexNet (Krizhevsky, Sutskever & Hinton 2012)",
+))
+
+for _cfg, _bn in [(c, bn) for c in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in (False, True)]:
+    _name = f"{_cfg}_bn" if _bn else _cfg
+    register(Recipe(
+        name=_name, builder=getattr(arch, _name), task="classify", dataset="digits",
+        model_args={"small_input": True, "width": 1.0, "dropout": 0.5},
+        train={**_IMAGE_TRAIN, "lr": 5e-4 if not _bn else 1e-3, "epochs": 30},
+        profiles={"quick": {"model_args": {"width": 0.25}},
+                  "dry-run": {**_DRY, "model_args": {"width": 0.0625}}},
+        in_quick_zoo=_name == "vgg16",
+        summary="VGG (Simonyan & Zisserman 2014)" + (" with batch normalization" if _bn else ""),
+    ))
+
+for _depth in (18, 34, 50, 101, 152):
+    register(Recipe(
+        name=f"resnet{_depth}", builder=getattr(arch, f"resnet{_depth}"), task="classify",
+        dataset="digits", model_args={"small_input": True, "width": 1.0},
+        train={**_IMAGE_TRAIN, "epochs": 30},
+        profiles={"quick": {"model_args": {"width": 0.25}},
+                  "dry-run": {**_DRY, "model_args": {"width": 0.0625}}},
+        in_quick_zoo=_depth == 18,
+        summary="ResNet (He, Zhang, Ren & Sun 2015)",
+    ))
+
+
+def zoo(profile: str) -> list[Recipe]:
+    """The recipes a zoo run builds: the quick profile is the CPU-sized subset, full is everything."""
+    if profile == "full":
+        return list(RECIPES.values())
+    return [r for r in RECIPES.values() if r.in_quick_zoo]
