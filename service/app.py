@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -22,7 +23,7 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
-from service import imaging
+from service import imaging, uploads
 from service.catalog import Catalog
 from service.errors import BadRequest, ClientError, PayloadTooLarge, error_for_status
 from service.runtime import RuntimeConfig
@@ -30,6 +31,7 @@ from service.settings import Settings
 
 log = logging.getLogger("dlzoo")
 SETTINGS = Settings.from_env()
+uploads.install()  # multipart without URL fetching, 400 for malformed forms
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INFERENCE_SECONDS = bentoml.metrics.Histogram(
@@ -138,8 +140,7 @@ class DLZoo:
     @bentoml.api(route="/classify")
     async def classify(
         self,
-        # bytes, not Path: BentoML fetches any URL given in a file field; we never fetch URLs.
-        image: Annotated[bytes, Field(description="the image file (PNG, JPEG, BMP, GIF, WebP, TIFF)")],
+        image: Annotated[Path, Field(description="the image file (PNG, JPEG, BMP, GIF, WebP, TIFF)")],
         model: Annotated[str, Field(description="classifier name, or name@version")] = "lenet5",
         top_k: Annotated[int, Field(description="how many classes to return, 1..number of classes")] = 5,
     ) -> dict[str, Any]:
@@ -149,9 +150,6 @@ class DLZoo:
         n = len(card.labels)
         if not 1 <= top_k <= n:
             raise BadRequest(f"top_k: must be between 1 and {n} for {entry.name}, got {top_k}")
-        if len(image) > SETTINGS.max_upload_bytes:
-            raise PayloadTooLarge(f"image: {len(image)} bytes is over the limit of "
-                                  f"{SETTINGS.max_upload_bytes} bytes (DLZOO_MAX_UPLOAD_BYTES)")
         t0 = time.perf_counter()
         pixels = await anyio.to_thread.run_sync(self._prepare, image, card.preprocess)
         preprocess = time.perf_counter() - t0
@@ -164,6 +162,14 @@ class DLZoo:
         return result
 
     @staticmethod
-    def _prepare(data: bytes, preprocess) -> np.ndarray:
-        img = imaging.decode_image(data, max_bytes=SETTINGS.max_upload_bytes, max_pixels=SETTINGS.max_pixels)
-        return imaging.to_array(img, preprocess)
+    def _prepare(path: Path, preprocess) -> np.ndarray:
+        size = path.stat().st_size
+        if size > SETTINGS.max_upload_bytes:
+            raise PayloadTooLarge(f"image: {size} bytes is over the limit of "
+                                  f"{SETTINGS.max_upload_bytes} bytes (DLZOO_MAX_UPLOAD_BYTES)")
+        return imaging.preprocess_upload(path.read_bytes(), preprocess, max_bytes=SETTINGS.max_upload_bytes,
+                                         max_pixels=SETTINGS.max_pixels)
+
+
+# Refuse oversized bodies before reading them (the form fields add a little to the file's size).
+DLZoo.add_asgi_middleware(uploads.BodyLimit, limit=SETTINGS.max_upload_bytes + 64 * 1024)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from service.card import CARD_FILE, Card, load_card, parse_model_ref, sha256_file
-from service.errors import BadRequest, NotFoundError, ServiceUnavailableError
+from service.errors import BadRequest, NotFoundError
 
 log = logging.getLogger("dlzoo.catalog")
 
@@ -140,7 +140,7 @@ class Catalog:
             ready = [e for e in versions if e.status == "ready"]
             if not ready:
                 reasons = "; ".join(f"{e.ref}: {e.reason}" for e in versions)
-                raise ServiceUnavailableError(f"{field_name}: {name!r} has no version that loaded ({reasons})")
+                raise NotFoundError(f"{field_name}: {name!r} has no version that loaded ({reasons})")
             entry = max(ready, key=lambda e: e.version)
         else:
             match = [e for e in versions if e.version == version]
@@ -149,7 +149,7 @@ class Catalog:
                 raise NotFoundError(f"{field_name}: {name!r} has no version {version}; versions: {have}")
             entry = match[0]
             if entry.status != "ready":
-                raise ServiceUnavailableError(f"{field_name}: {entry.ref} failed to load: {entry.reason}")
+                raise NotFoundError(f"{field_name}: {entry.ref} failed to load: {entry.reason}")
         if tasks and entry.card.task not in tasks:
             raise BadRequest(f"{field_name}: {entry.name!r} is a {entry.card.task} model; this endpoint "
                              f"takes {' or '.join(tasks)} models: {available}")

@@ -62,6 +62,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Unprocessable",
     "UnsupportedMediaType",
+    "error_for_status",
 ]
 
 
@@ -117,3 +118,13 @@ class ServiceUnavailableError(_Answered):
     """
 
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+_BY_STATUS = {int(c.error_code): c for c in (BadRequest, NotFoundError, PayloadTooLarge,
+                                             UnsupportedMediaType, Unprocessable)}
+
+
+def error_for_status(status: int, message: str) -> _Answered:
+    """Rebuild the error another process reported as (status, message)."""
+    cls = _BY_STATUS.get(int(status))
+    return cls(message) if cls is not None else ServiceUnavailableError(message)

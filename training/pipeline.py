@@ -38,6 +38,11 @@ class Normalized(nn.Module):
         return self.net((pixels - self.mean) / self.std)  # (N, num_classes) logits
 
 
+# task -> train function with the same keyword arguments as `train` (but the Recipe instead of its
+# name); the sequence and generative tasks register theirs here.
+TASK_TRAINERS: dict[str, Any] = {}
+
+
 def _augment_kind(name: str, dataset: str) -> str | None:
     if name == "none":
         return None
@@ -53,7 +58,11 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
     """Train the recipe ``name`` and publish it; returns the model folder (None on non-zero ranks)."""
     recipe = recipes.get(name)
     if recipe.task != "classify":
-        raise NotImplementedError(f"{name}: task {recipe.task!r} has no training pipeline yet")
+        trainer = TASK_TRAINERS.get(recipe.task)
+        if trainer is None:
+            raise ValueError(f"{name}: task {recipe.task!r} has no training pipeline")
+        return trainer(recipe, profile=profile, options=options, dataset=dataset, data_root=data_root,
+                       models_root=models_root, runs_root=runs_root, resume=resume, progress=progress)
     model_args, train_opts, size = recipe.resolved(profile)
     cfg = TrainConfig.from_dict({**train_opts, **(options or {})})
     data = load_images(dataset or recipe.dataset, root=data_root, size=size,
