@@ -6,7 +6,7 @@
 | DLZOO_MAX_UPLOAD_BYTES | 10000000 | largest image upload (413 above) |
 | DLZOO_MAX_PIXELS | 40000000 | largest image in pixels, checked before decoding (413 above) |
 | DLZOO_MAX_BATCH | 64 | adaptive batching: most items in one batch |
-| DLZOO_MAX_LATENCY_MS | 200 | adaptive batching: latency budget BentoML keeps per request |
+| DLZOO_MAX_LATENCY_MS | 10000 | adaptive batching: a request that BentoML expects to wait longer is refused (503) |
 | DLZOO_FRONT_WORKERS | 1 | HTTP worker processes (decode, preprocess) |
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
@@ -50,7 +50,7 @@ class Settings:
             max_upload_bytes=_int(env, "DLZOO_MAX_UPLOAD_BYTES", 10_000_000),
             max_pixels=_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
             max_batch=_int(env, "DLZOO_MAX_BATCH", 64),
-            max_latency_ms=_int(env, "DLZOO_MAX_LATENCY_MS", 200),
+            max_latency_ms=_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
             front_workers=_int(env, "DLZOO_FRONT_WORKERS", 1),
             inference_workers=_int(env, "DLZOO_INFERENCE_WORKERS", 1),
         )

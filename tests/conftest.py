@@ -1,0 +1,138 @@
+"""Session fixtures: a model repository trained and exported by the real pipeline, and a real
+``bentoml serve`` on a free port with some deliberately broken models beside the good ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/digit_images.py
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests share 2 cores with a server process; torch's own threads only contend."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _copy_version(src: Path, dst: Path, **card_changes) -> dict:
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card.update(card_changes)
+    (dst / "card.json").write_text(json.dumps(card))
+    return card
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> Path:
+    """lenet5 trained for real (quick profile, ~1 min), mlp from a dry run, and broken neighbours."""
+    from service.card import sha256_file
+    from training import pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    runs = tmp_path_factory.mktemp("runs")
+    lenet = pipeline.train("lenet5", profile="quick", models_root=root, runs_root=runs, progress=False)
+    pipeline.train("mlp", profile="dry-run", models_root=root, runs_root=runs, progress=False)
+
+    # lenet5 v2: the graph was changed after export -> checksum mismatch; v1 keeps serving
+    _copy_version(lenet, root / "lenet5" / "2", version=2)
+    with open(root / "lenet5" / "2" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    # a card that is not JSON
+    (root / "garbled" / "1").mkdir(parents=True)
+    (root / "garbled" / "1" / "card.json").write_text("{ not json")
+    # a truncated graph whose checksum was updated to match: ONNX Runtime must refuse it
+    card = _copy_version(lenet, root / "truncated" / "1", name="truncated")
+    path = root / "truncated" / "1" / "model.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    card["files"]["model"]["sha256"] = sha256_file(path)
+    (root / "truncated" / "1" / "card.json").write_text(json.dumps(card))
+    # a card whose io disagrees with its graph
+    card = _copy_version(lenet, root / "mismatch" / "1", name="mismatch")
+    card["io"]["model"]["inputs"][0]["name"] = "image"
+    (root / "mismatch" / "1" / "card.json").write_text(json.dumps(card))
+    # an export in progress (a dot folder) is never a model
+    (root / ".tmp-lenet5-abc").mkdir()
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, models: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(models.parent / f"server-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bentoml")), "serve", "service.app:DLZoo",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env={**os.environ, "DLZOO_MODELS": str(models), "PYTHONPATH": str(ROOT),
+                           **(env or {})},
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(model_repo):
+    srv = Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000"})
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
