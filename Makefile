@@ -8,9 +8,21 @@ export DLZOO_MODELS ?= $(CURDIR)/models
 PORT ?= 3000
 PROFILE ?= quick
 
-.PHONY: setup models models-if-missing serve test bench load build clean
+.PHONY: setup system models models-if-missing serve test bench load build clean
+SYSTEM_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf dataset-fashion-mnist
 
-setup: $(STAMP)  ## a .venv with every extra; fast when already done
+setup: $(STAMP) system  ## a .venv with every extra; fast when already done
+
+# Best effort: fonts for the rendered-digit tests, Fashion-MNIST's IDX files. Needs root + apt-get;
+# without them the tests fall back to Pillow's own font and skip Fashion-MNIST.
+system:
+	@if [ ! -d /usr/share/fonts/truetype/liberation ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1; } || \
+	    echo "system: could not install $(SYSTEM_PACKAGES) (continuing)"; \
+	  else echo "system: not root or no apt-get; skipping $(SYSTEM_PACKAGES)"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -75,15 +75,17 @@ register(Recipe(
 ))
 register(Recipe(
     name="lenet5", builder=arch.lenet5, task="classify", dataset="digits",
-    train={**_IMAGE_TRAIN, "epochs": 60, "patience": 15},
+    train={**_IMAGE_TRAIN, "epochs": 100, "patience": 25, "batch_size": 32},
     profiles={"dry-run": _DRY}, in_quick_zoo=True,
     summary="LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998)",
 ))
 register(Recipe(
     name="alexnet", builder=arch.alexnet, task="classify", dataset="digits",
     model_args={"small_input": True, "width": 1.0, "dropout": 0.5},
-    train={**_IMAGE_TRAIN, "optimizer": "momentum", "lr": 0.01, "weight_decay": 5e-4},
-    profiles={"quick": {"model_args": {"width": 0.25}},
+    # The paper's SGD with momentum (lr 0.01) did not leave chance level in 7 epochs at these
+    # widths; Adam did (95% validation accuracy by epoch 8).
+    train={**_IMAGE_TRAIN, "epochs": 30, "patience": 8},
+    profiles={"quick": {"model_args": {"width": 0.125}},
               "dry-run": {**_DRY, "model_args": {"width": 0.0625}}},
     in_quick_zoo=True,
     summary="AlexNet (Krizhevsky, Sutskever & Hinton 2012)",
