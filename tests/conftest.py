@@ -16,6 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Before torch loads anywhere in the session: spinning OpenMP threads make a test's torch and a
+# subprocess's torch on the same 2 cores run many times slower (see training/__main__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/digit_images.py
 
