@@ -173,3 +173,34 @@ class DLZoo:
 
 # Refuse oversized bodies before reading them (the form fields add a little to the file's size).
 DLZoo.add_asgi_middleware(uploads.BodyLimit, limit=SETTINGS.max_upload_bytes + 64 * 1024)
+
+
+class GetAsPost:
+    """ASGI middleware: ``GET /models`` is answered as ``POST /models`` with an empty JSON body.
+
+    BentoML routes every API as POST; listing models is a read and should be a GET (the design's
+    one exception), so the request is rewritten before BentoML's router sees it.
+    """
+
+    def __init__(self, app, paths: tuple[str, ...]):  # noqa: ANN001
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):  # noqa: ANN001
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in self.paths:
+            scope = {**scope, "method": "POST", "headers": [
+                *[(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")],
+                (b"content-type", b"application/json"), (b"content-length", b"2")]}
+            sent = False
+
+            async def receive_empty():  # noqa: ANN202
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": b"{}", "more_body": False}
+                return await receive()
+
+            return await self.app(scope, receive_empty, send)
+        return await self.app(scope, receive, send)
+
+
+DLZoo.add_asgi_middleware(GetAsPost, paths=("/models",))
