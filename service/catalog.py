@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from service import runtime as rt
 from service.card import CARD_FILE, Card, load_card, parse_model_ref, sha256_file
 from service.errors import BadRequest, NotFoundError
 
@@ -98,8 +99,6 @@ class Catalog:
                 if digest != f.sha256:
                     raise ValueError(f"{path}: checksum mismatch (card {f.sha256[:12]}…, file {digest[:12]}…)")
             if self.runtime is not None:
-                from service import runtime as rt
-
                 for role, f in card.files.items():
                     session, provider = rt.open_session(folder / f.path, self.runtime)
                     problems = rt.check_io(session, card.io[role])
@@ -109,10 +108,9 @@ class Catalog:
                     entry.sessions[role] = session
                     entry.provider = provider
             entry.status = "ready"
+        except rt.DeviceUnavailable:
+            raise  # a GPU that was asked for and not obtained fails start-up loudly
         except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
-            if self.runtime is not None and getattr(self.runtime, "device", None) == "cuda" \
-                    and isinstance(exc, RuntimeError) and "CUDA" in str(exc):
-                raise  # a GPU that was asked for and not obtained fails start-up loudly
             entry.status, entry.reason, entry.sessions = "failed", str(exc), {}
             log.error("skipping %s: %s", folder, exc)
         entry.load_seconds = round(time.perf_counter() - t0, 3)

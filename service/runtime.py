@@ -325,6 +325,10 @@ def _names(providers: list[Provider]) -> list[str]:
     return [p if isinstance(p, str) else p[0] for p in providers]
 
 
+class DeviceUnavailable(RuntimeError):
+    """DLZOO_DEVICE=cuda, and the session did not get a GPU: start-up must fail, not fall back."""
+
+
 def open_session(
     path_or_bytes: str | os.PathLike[str] | bytes, cfg: RuntimeConfig
 ) -> tuple[ort.InferenceSession, str]:
@@ -357,7 +361,7 @@ def open_session(
         if _names(providers) == [CPU]:
             raise
         if cfg.device == "cuda":
-            raise RuntimeError(
+            raise DeviceUnavailable(
                 f"DLZOO_DEVICE=cuda: creating a CUDA session failed ({exc}). {_GPU_HINT}"
             ) from exc
         _warn_once(
@@ -369,7 +373,7 @@ def open_session(
     requested = _names(providers)
     if cfg.device == "cuda" and provider not in GPU_PROVIDERS:
         problem = _gpu_problem("cuda")
-        raise RuntimeError(
+        raise DeviceUnavailable(
             f"DLZOO_DEVICE=cuda: asked ONNX Runtime for {requested} but the session got "
             f"{session.get_providers()}"
             + (f"; {problem}" if problem else "")

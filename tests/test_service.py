@@ -264,3 +264,17 @@ def test_service_never_imports_torch():
     assert out.returncode == 0, out.stdout + out.stderr
     assert not re.search(r"^\s*(import torch|from torch)", "\n".join(
         p.read_text() for p in (ROOT / "service").glob("*.py")), re.M)
+
+
+def test_cuda_requested_without_gpu_fails_start_up_loudly(model_repo, tmp_path):
+    """No GPU here: DLZOO_DEVICE=cuda must never serve on CPU. BentoML's supervisor restarts the
+    failing worker, so the server never becomes ready and logs why each time."""
+    from conftest import Server
+
+    srv = Server(model_repo, env={"DLZOO_DEVICE": "cuda"})
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            srv.wait_ready(timeout=60)
+        assert "DLZOO_DEVICE=cuda" in str(failed.value)
+    finally:
+        srv.stop()
