@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -31,6 +32,19 @@ def _options(args: argparse.Namespace) -> dict:
     if args.no_amp:
         opts["amp"] = False
     return opts
+
+
+def _model_args(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default auto")
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     t.add_argument("--limit", type=int, default=None, help="at most N examples per split")
+    t.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model argument, value as JSON (e.g. --arg width=0.5 --arg dropout=0.3)")
     t.add_argument("--dry-run", action="store_true", help="one batch of a few examples, then export")
     t.add_argument("--resume", action="store_true", help="continue from runs/<arch>/checkpoint.pt")
 
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             profile = "dry-run" if args.dry_run else args.profile
             path = pipeline.train(args.arch, profile=profile, options=_options(args),
+                                  model_args=_model_args(args.arg),
                                   dataset=args.dataset, data_root=args.data_root,
                                   models_root=args.models, runs_root=args.runs,
                                   resume=args.resume, progress=progress)

@@ -52,6 +52,7 @@ def _augment_kind(name: str, dataset: str) -> str | None:
 
 
 def train(name: str, *, profile: str | None = None, options: dict[str, Any] | None = None,
+          model_args: dict[str, Any] | None = None,
           dataset: str | None = None, data_root: str | None = None,
           models_root: Path = Path("models"), runs_root: Path = Path("runs"),
           resume: bool = False, progress: bool = True) -> Path | None:
@@ -61,9 +62,12 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
         trainer = TASK_TRAINERS.get(recipe.task)
         if trainer is None:
             raise ValueError(f"{name}: task {recipe.task!r} has no training pipeline")
+        extra = {"model_args": model_args} if model_args else {}
         return trainer(recipe, profile=profile, options=options, dataset=dataset, data_root=data_root,
-                       models_root=models_root, runs_root=runs_root, resume=resume, progress=progress)
-    model_args, train_opts, size = recipe.resolved(profile)
+                       models_root=models_root, runs_root=runs_root, resume=resume, progress=progress,
+                       **extra)
+    defaults, train_opts, size = recipe.resolved(profile)
+    model_args = {**defaults, **(model_args or {})}
     cfg = TrainConfig.from_dict({**train_opts, **(options or {})})
     data = load_images(dataset or recipe.dataset, root=data_root, size=size,
                        channels=recipe.channels, seed=cfg.seed, limit=cfg.limit)

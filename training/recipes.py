@@ -96,7 +96,7 @@ for _cfg, _bn in [(c, bn) for c in ("vgg11", "vgg13", "vgg16", "vgg19") for bn i
     register(Recipe(
         name=_name, builder=getattr(arch, _name), task="classify", dataset="digits",
         model_args={"small_input": True, "width": 1.0, "dropout": 0.5},
-        train={**_IMAGE_TRAIN, "lr": 5e-4 if not _bn else 1e-3, "epochs": 30},
+        train={**_IMAGE_TRAIN, "lr": 5e-4 if not _bn else 1e-3, "epochs": 40, "patience": 10},
         profiles={"quick": {"model_args": {"width": 0.25}},
                   "dry-run": {**_DRY, "model_args": {"width": 0.0625}}},
         in_quick_zoo=_name == "vgg16",

@@ -115,7 +115,11 @@ class VGG(nn.Module):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
                 elif isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, 0.0, 0.01)
+                    # The paper's N(0, 0.01) suits 4096-wide layers; at the narrow widths of the
+                    # small-input variants it shrinks the logits to ~1e-4 and a 16-layer net
+                    # without batch norm never leaves chance level (measured on digits). Glorot
+                    # initialisation is what the paper reports working without pre-training.
+                    nn.init.xavier_uniform_(m.weight)
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
