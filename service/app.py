@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +24,8 @@ from pydantic import Field
 
 from service import imaging, uploads
 from service.catalog import Catalog
-from service.errors import BadRequest, ClientError, PayloadTooLarge, error_for_status
+from service.classify import classify_items
+from service.errors import BadRequest, PayloadTooLarge, error_for_status
 from service.runtime import RuntimeConfig
 from service.settings import Settings
 
@@ -43,12 +43,6 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 STAGE_SECONDS = bentoml.metrics.Histogram(
     name="dlzoo_stage_seconds", documentation="per-request time by stage: queue, preprocess, inference",
     labelnames=["model", "provider", "stage"], buckets=_BUCKETS)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @bentoml.service(
@@ -69,51 +63,15 @@ class Inference:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch, max_latency_ms=SETTINGS.max_latency_ms)
     def classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """items: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}."""
-        started = time.time()
-        results: list[dict[str, Any]] = [{} for _ in items]
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[item["model"]].append(i)
-        for ref, idx in groups.items():
-            try:
-                entry = self.catalog.resolve(ref, ["classify"])
-            except ClientError as exc:
-                for i in idx:
-                    results[i] = {"error": str(exc), "status": exc.status}
-                continue
-            spec = entry.card.io["model"].inputs[0]
-            want = tuple(spec.shape[1:])
-            good = []
-            for i in idx:
-                if tuple(items[i]["pixels"].shape) != want:
-                    results[i] = {"error": f"pixels: shape {items[i]['pixels'].shape}, {ref} takes {want}",
-                                  "status": 400}
-                else:
-                    good.append(i)
-            if not good:
-                continue
-            x = np.stack([items[i]["pixels"] for i in good]).astype(np.float32, copy=False)
-            t0 = time.perf_counter()
-            logits = entry.sessions["model"].run(None, {spec.name: x})[0]
-            seconds = time.perf_counter() - t0
-            labels = {"model": entry.ref, "provider": entry.provider}
-            INFERENCE_SECONDS.labels(**labels).observe(seconds)
-            BATCH_SIZE.labels(**labels).observe(len(good))
-            probs = _softmax(logits.astype(np.float64))
-            names = entry.card.labels
-            for row, i in enumerate(good):
-                k = items[i]["top_k"]
-                top = np.argsort(-probs[row], kind="stable")[:k]
-                queue = max(0.0, started - items[i]["sent"])
-                STAGE_SECONDS.labels(stage="queue", **labels).observe(queue)
-                STAGE_SECONDS.labels(stage="inference", **labels).observe(seconds)
-                results[i] = {
-                    "model": entry.name, "version": entry.version, "provider": entry.provider,
-                    "predictions": [{"label": names[j], "index": int(j), "probability": float(probs[row, j])}
-                                    for j in top],
-                    "timings_ms": {"queue": round(queue * 1e3, 3), "inference": round(seconds * 1e3, 3)},
-                    "batch_size": len(good),
-                }
+        results, calls = classify_items(self.catalog, items)
+        for call in calls:
+            INFERENCE_SECONDS.labels(model=call.model, provider=call.provider).observe(call.seconds)
+            BATCH_SIZE.labels(model=call.model, provider=call.provider).observe(call.items)
+        for r in results:
+            if "error" not in r:
+                labels = {"model": f"{r['model']}@{r['version']}", "provider": r["provider"]}
+                STAGE_SECONDS.labels(stage="queue", **labels).observe(r["timings_ms"]["queue"] / 1e3)
+                STAGE_SECONDS.labels(stage="inference", **labels).observe(r["timings_ms"]["inference"] / 1e3)
         return results
 
     @bentoml.api
