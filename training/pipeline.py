@@ -170,3 +170,12 @@ def zoo(profile: str, *, models_root: Path, runs_root: Path, only: list[str] | N
             built.append(path)
     log.info("zoo: built %s", ", ".join(str(p) for p in built))
     return built
+
+
+# The sequence and generative task trainers register themselves here; imported last because they
+# import this module's neighbours (recipes, export, loop), never the other way round.
+from training import generative as _generative  # noqa: E402
+from training import sequence as _sequence  # noqa: E402
+
+TASK_TRAINERS.update({"language_model": _sequence.train_language_model, "seq2seq": _sequence.train_seq2seq,
+                      "vae": _generative.train_vae, "gan": _generative.train_gan})

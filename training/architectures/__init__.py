@@ -8,11 +8,18 @@ stored in a checkpoint::
 mapping float32 ``(N, in_channels, H, W)`` to logits ``(N, num_classes)``. Family kwargs are plain
 JSON values (``width``, ``small_input``, ``dropout``, ``hidden``, ...); an unknown one raises
 ``TypeError``.
+
+The sequence and generative families (``recurrent``, ``seq2seq``, ``vae``, ``gan``) take their own
+JSON kwargs (``vocab_size``, ``latent_dim``, ...) and document their inputs in their modules.
+They are importable from here by name; ``__all__`` lists the image classifiers only (their tests
+check that every builder in it is covered with the classifier signature).
 """
 
 from training.architectures.alexnet import AlexNet, alexnet
+from training.architectures.gan import DCGAN, Discriminator, Generator, ImageGenerator, dcgan
 from training.architectures.lenet import LeNet5, lenet5
 from training.architectures.mlp import MLP, mlp
+from training.architectures.recurrent import CharRNN, CharRNNStep, gru, lstm, rnn
 from training.architectures.resnet import (
     BasicBlock,
     Bottleneck,
@@ -23,6 +30,8 @@ from training.architectures.resnet import (
     resnet101,
     resnet152,
 )
+from training.architectures.seq2seq import Seq2Seq, Seq2SeqDecoderStep, Seq2SeqEncoder, seq2seq
+from training.architectures.vae import VAE, VAEDecoder, VAEEncoder, vae
 from training.architectures.vgg import (
     VGG,
     vgg11,
