@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_gan_dry_run_exports_a_generator(zoo):
     assert card.metrics["sample_judge"] == "lenet5@1" and card.metrics["selected_by"].startswith("validation")
     for extra in ("card.md", "metrics.jsonl", "learning_curves.png", "samples.png"):
         assert (folder / extra).stat().st_size > 0
-    history = [__import__("json").loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert {"value", "val_value", "d_loss", "g_loss", "val_fid"} <= set(history[0])
     assert history[0]["value"] == pytest.approx(-history[0]["d_loss"])
     generator = _check_graph(folder, card, "generator")
@@ -173,9 +174,14 @@ def test_judge_uses_lenet5_penultimate_features(zoo):
     assert 1.0 <= scores["sample_is"] <= 10.0 and 1 <= scores["sample_classes"] <= 10
 
 
-def test_without_a_judge_the_card_says_so(tmp_path):
-    folder = pipeline.train("gan", profile="dry-run", models_root=tmp_path / "m", runs_root=tmp_path / "r",
-                            progress=False)
+def test_gan_without_a_judge_says_so_and_resumes(tmp_path):
+    kwargs = {"profile": "dry-run", "models_root": tmp_path / "m", "runs_root": tmp_path / "r", "progress": False}
+    pipeline.train("gan", options={"epochs": 1}, **kwargs)
+    folder = pipeline.train("gan", options={"epochs": 2}, resume=True, **kwargs)
     card = load_card(folder / "card.json")
     assert card.metrics["sample_judge"] is None and "not judged" in card.metrics["sample_note"]
-    assert card.metrics["selected_by"] == "last epoch"
+    assert card.metrics["selected_by"] == "last epoch" and card.metrics["best_epoch"] == 2
+    ckpt = load_checkpoint(tmp_path / "r" / "gan" / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    lines = (tmp_path / "r" / "gan" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

@@ -57,8 +57,8 @@ from training.architectures.vae import VAE, VAEDecoder, VAEEncoder
 from training.data import augment as augment_images
 from training.data import load_images
 from training.export import BATCH, Graph, existing_versions, publish
-from training.loop import (CHECKPOINT_FORMAT, TrainConfig, fit, load_checkpoint, resolve_device,
-                           save_atomic)
+from training.loop import (CHECKPOINT_FORMAT, TrainConfig, fit, load_checkpoint, make_scheduler,
+                           resolve_device, save_atomic)
 from training.report import card_markdown, learning_curves
 from training.sequence import finish_distributed, fit_metrics, history_lines, split_options
 
@@ -409,6 +409,7 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
     betas = (task["beta1"], 0.999)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    sched_g, sched_d = make_scheduler(opt_g, cfg), make_scheduler(opt_d, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     judge = Judge.load(models_root, runs_root)
@@ -428,6 +429,8 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
         gan.load_state_dict(ckpt["model"])
         opt_g.load_state_dict(ckpt["optimizer_g"])
         opt_d.load_state_dict(ckpt["optimizer_d"])
+        sched_g.load_state_dict(ckpt["scheduler_g"])
+        sched_d.load_state_dict(ckpt["scheduler_d"])
         gen.set_state(ckpt["rng"])
         history, start_epoch = list(ckpt["history"]), ckpt["epoch"] + 1
         best_epoch, best_fid, bad_epochs = ckpt["best_epoch"], ckpt["best_metric"], ckpt["bad_epochs"]
@@ -462,11 +465,15 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
             d_loss = discriminator_loss(real_logits, fake_logits)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(D.parameters(), cfg.grad_clip)
             opt_d.step()
             # G: the non-saturating loss -E log D(G(z)), against the updated D
             g_loss = generator_loss(D(fake))
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip)
             opt_g.step()
             sums["d_loss"] += d_loss.item()
             sums["g_loss"] += g_loss.item()
@@ -474,12 +481,19 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
             sums["d_real"] += torch.sigmoid(real_logits).mean().item()
             sums["d_fake"] += torch.sigmoid(fake_logits).mean().item()
 
+        sched_g.step()
+        sched_d.step()
         gan.eval()
         with torch.inference_mode():
             val_value = minimax_value(D(val_real * 2 - 1), D(G(val_noise))).item()
-            val_fid = judge.fid(((G(judge_noise) + 1) / 2).cpu(), data.val[0]) if judge is not None else None
+            val_fid = val_is = None
+            if judge is not None:
+                judged_samples = ((G(judge_noise) + 1) / 2).cpu()
+                val_fid = judge.fid(judged_samples, data.val[0])
+                val_is = inception_score(judge.probabilities(judged_samples))
         row = {"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()},
                "train_loss": sums["d_loss"] / len(batches), "val_value": val_value, "val_fid": val_fid,
+               "val_is": val_is, "lr": opt_g.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - t_epoch, 3)}
         history.append(row)
         # with a judge: keep the best validation Fréchet distance; without one: the latest epoch
@@ -491,12 +505,14 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
             bad_epochs += 1
         log.info("epoch %d/%d D %.3f G %.3f V(D,G) %.3f val V %.3f%s%s", epoch, cfg.epochs, row["d_loss"],
                  row["g_loss"], row["value"], val_value,
-                 f" val FID {val_fid:.1f}" if val_fid is not None else "", " *" if best_epoch == epoch else "")
+                 f" val FID {val_fid:.2f} IS {val_is:.2f}" if val_fid is not None else "",
+                 " *" if best_epoch == epoch else "")
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         save_atomic({
             "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "epoch": epoch,
             "model": gan.state_dict(), "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
+            "scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict(),
             "rng": gen.get_state(), "history": history, "best_epoch": best_epoch, "best_metric": best_fid,
             "best_model": best_state, "bad_epochs": bad_epochs,
         }, ckpt_path)

@@ -172,8 +172,8 @@ def zoo(profile: str, *, models_root: Path, runs_root: Path, only: list[str] | N
     return built
 
 
-# The sequence and generative task trainers register themselves here; imported last because they
-# import this module's neighbours (recipes, export, loop), never the other way round.
+# The sequence and generative task trainers, registered here; imported last because they import
+# this module's neighbours (recipes, export, loop), and the generative judge calls `rebuild` above.
 from training import generative as _generative  # noqa: E402
 from training import sequence as _sequence  # noqa: E402
 

