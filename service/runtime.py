@@ -57,6 +57,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service import card
+from service.settings import env_bool, env_int
 
 logger = logging.getLogger(__name__)
 
@@ -141,37 +142,13 @@ class RuntimeConfig:
         cache_home = env.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
         return cls(
             device=device,  # type: ignore[arg-type]
-            intra_op_threads=_int(env, "DLZOO_INTRA_OP_THREADS", 1, minimum=0),
-            cuda_device=_int(env, "DLZOO_CUDA_DEVICE", 0, minimum=0),
-            gpu_mem_limit=_int(env, "DLZOO_GPU_MEM_LIMIT", None, minimum=1),
+            intra_op_threads=env_int(env, "DLZOO_INTRA_OP_THREADS", 1, minimum=0),
+            cuda_device=env_int(env, "DLZOO_CUDA_DEVICE", 0, minimum=0),
+            gpu_mem_limit=env_int(env, "DLZOO_GPU_MEM_LIMIT", None, minimum=1),
             cudnn_conv_algo_search=search,  # type: ignore[arg-type]
-            tensorrt=_bool(env, "DLZOO_TENSORRT", False),
+            tensorrt=env_bool(env, "DLZOO_TENSORRT", False),
             trt_cache=env.get("DLZOO_TRT_CACHE") or str(Path(cache_home) / "dlzoo" / "tensorrt"),
         )
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be 0 or 1 (or true/false); got {raw!r}")
 
 
 # ------------------------------------------------------------------------------------- providers

@@ -20,17 +20,29 @@ from pathlib import Path
 from typing import Mapping
 
 
-def _int(env: Mapping[str, str], key: str, default: int, low: int = 1) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
+def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1) -> int | None:
+    """An integer variable (unset or empty: ``default``); a bad value names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{key}={raw!r}: expected an integer >= {low}") from None
-    if value < low:
-        raise ValueError(f"{key}={raw!r}: expected an integer >= {low}")
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
     return value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 0 or 1 (or true/false); got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         return cls(
             models=Path(env.get("DLZOO_MODELS") or "models"),
-            max_upload_bytes=_int(env, "DLZOO_MAX_UPLOAD_BYTES", 10_000_000),
-            max_pixels=_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
-            max_batch=_int(env, "DLZOO_MAX_BATCH", 64),
-            max_latency_ms=_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
-            front_workers=_int(env, "DLZOO_FRONT_WORKERS", 1),
-            inference_workers=_int(env, "DLZOO_INFERENCE_WORKERS", 1),
+            max_upload_bytes=env_int(env, "DLZOO_MAX_UPLOAD_BYTES", 10_000_000),
+            max_pixels=env_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
+            max_batch=env_int(env, "DLZOO_MAX_BATCH", 64),
+            max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
+            front_workers=env_int(env, "DLZOO_FRONT_WORKERS", 1),
+            inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
         )
