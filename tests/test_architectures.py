@@ -33,16 +33,6 @@ SMALL: dict[str, dict] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and 2 threads on a 2-core machine
-    shared with another busy process slow down 30-50x (OpenMP threads wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build_small(name: str) -> nn.Module:
     torch.manual_seed(0)
     builder = getattr(arch, name)

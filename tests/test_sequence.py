@@ -23,14 +23,6 @@ from training.sequence import (LanguageModeling, decode_ids, greedy_generate, gr
 LANGUAGE_MODELS = ("rnn", "lstm", "gru")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
