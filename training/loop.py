@@ -305,6 +305,28 @@ def fit(
                      stopped_early=stopped_early, seconds=time.perf_counter() - t0)
 
 
+# --- after fit: shared by every task's trainer ---------------------------------------------------
+
+def finish_distributed() -> bool:
+    """After ``fit``: tear the process group down; True on the rank that exports (rank 0)."""
+    if not dist.is_initialized():
+        return True
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rank == 0
+
+
+def history_lines(history: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(h) + "\n" for h in history).encode()
+
+
+def fit_metrics(result, model: nn.Module) -> dict[str, Any]:
+    return {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 # --- classification ---------------------------------------------------------------------------
 
 class Classification:

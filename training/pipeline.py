@@ -6,20 +6,19 @@ Config flows one way: CLI -> ``TrainConfig`` -> checkpoint (``model_args``, ``co
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from training import recipes
 from training.data import load_images, augment as augment_images
 from training.export import BATCH, Graph, publish
-from training.loop import CHECKPOINT_FORMAT, Classification, TrainConfig, fit, load_checkpoint, save_atomic
+from training.loop import (CHECKPOINT_FORMAT, Classification, TrainConfig, finish_distributed, fit,
+                           fit_metrics, history_lines, load_checkpoint, save_atomic)
 from training.report import card_markdown, confusion_png, learning_curves
 
 log = logging.getLogger("training")
@@ -86,12 +85,8 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
     run_dir = Path(runs_root) / name
     result = fit(model, data.train, data.val, objective, cfg, run_dir, augment=aug, meta=meta,
                  resume=resume, progress=progress)
-    if dist.is_initialized():
-        rank = dist.get_rank()
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank != 0:
-            return None
+    if not finish_distributed():
+        return None
 
     model.cpu().eval()
     test = objective.evaluate(model, data.test)
@@ -99,10 +94,7 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
     predictions = objective.predict(model, data.test[0]).argmax(1)
     metrics = {
         "test_accuracy": round(test["accuracy"], 6), "test_loss": round(test["loss"], 6),
-        "val_accuracy": round(val["accuracy"], 6), "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-        "train_seconds": round(result.seconds, 1),
-        "parameters": sum(p.numel() for p in net.parameters()),
+        "val_accuracy": round(val["accuracy"], 6), **fit_metrics(result, net),
     }
     log.info("%s: test accuracy %.4f (best epoch %d, %.0f s)", name, test["accuracy"],
              result.best_epoch, result.seconds)
@@ -146,7 +138,7 @@ def export_checkpoint(path: Path, models_root: Path) -> Path:
     }
     history = ckpt["history"]
     extras: dict[str, Path | bytes] = {
-        "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in history).encode(),
+        "metrics.jsonl": history_lines(history),
         "learning_curves.png": learning_curves(history, "accuracy"),
         "confusion.png": confusion_png(torch.tensor(ckpt["confusion"]["true"]).numpy(),
                                        torch.tensor(ckpt["confusion"]["pred"]).numpy(), ckpt["labels"]),

@@ -24,7 +24,6 @@ sequence starts from the zero state and is ``seq_len`` characters long), seq2seq
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 from dataclasses import asdict
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -42,7 +40,8 @@ from training.architectures.seq2seq import Seq2Seq, Seq2SeqDecoderStep, Seq2SeqE
 from training.data import dates as dates_data
 from training.data.text import load_text
 from training.export import BATCH, Graph, publish
-from training.loop import CHECKPOINT_FORMAT, TrainConfig, fit, load_checkpoint, save_atomic
+from training.loop import (CHECKPOINT_FORMAT, TrainConfig, finish_distributed, fit, fit_metrics,
+                           history_lines, load_checkpoint, save_atomic)
 from training.report import card_markdown, learning_curves
 
 log = logging.getLogger("training")
@@ -58,26 +57,6 @@ def split_options(values: dict[str, Any], task_defaults: dict[str, Any]) -> tupl
     """A recipe's train dict (plus CLI options) -> (TrainConfig, the task's own options)."""
     task = {k: values.get(k, v) for k, v in task_defaults.items()}
     return TrainConfig.from_dict({k: v for k, v in values.items() if k not in task_defaults}), task
-
-
-def finish_distributed() -> bool:
-    """After ``fit``: tear the process group down; True on the rank that exports (rank 0)."""
-    if not dist.is_initialized():
-        return True
-    rank = dist.get_rank()
-    dist.barrier()
-    dist.destroy_process_group()
-    return rank == 0
-
-
-def history_lines(history: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(h) + "\n" for h in history).encode()
-
-
-def fit_metrics(result, model: nn.Module) -> dict[str, Any]:
-    return {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 # --- language models ------------------------------------------------------------------------------
