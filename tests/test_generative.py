@@ -168,12 +168,17 @@ def test_judge_uses_lenet5_penultimate_features(zoo):
 
 def test_gan_without_a_judge_says_so_and_resumes(tmp_path):
     kwargs = {"profile": "dry-run", "models_root": tmp_path / "m", "runs_root": tmp_path / "r", "progress": False}
-    pipeline.train("gan", options={"epochs": 1}, **kwargs)
-    folder = pipeline.train("gan", options={"epochs": 2}, resume=True, **kwargs)
+    # with the generator's weight average, whose state must survive the resume too
+    pipeline.train("gan", options={"epochs": 1, "ema_decay": 0.5}, **kwargs)
+    folder = pipeline.train("gan", options={"epochs": 2, "ema_decay": 0.5}, resume=True, **kwargs)
     card = load_card(folder / "card.json")
     assert card.metrics["sample_judge"] is None and "not judged" in card.metrics["sample_note"]
     assert card.metrics["selected_by"] == "last epoch" and card.metrics["best_epoch"] == 2
     ckpt = load_checkpoint(tmp_path / "r" / "gan" / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    assert set(ckpt["generator_average"]) == {k[len("generator."):] for k in ckpt["model"] if k.startswith("generator.")}
+    best = load_checkpoint(tmp_path / "r" / "gan" / "best.pt")
+    for key, value in ckpt["generator_average"].items():  # the exported generator is the average
+        assert torch.equal(best["model"][f"generator.{key}"], value)
     lines = (tmp_path / "r" / "gan" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
