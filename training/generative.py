@@ -59,10 +59,10 @@ from training.architectures.vae import VAE, VAEDecoder, VAEEncoder
 from training.data import augment as augment_images
 from training.data import load_images
 from training.export import BATCH, Graph, existing_versions, publish
-from training.loop import (CHECKPOINT_FORMAT, TrainConfig, fit, load_checkpoint, make_scheduler,
-                           resolve_device, save_atomic)
+from training.loop import (CHECKPOINT_FORMAT, TrainConfig, finish_distributed, fit, fit_metrics,
+                           history_lines, load_checkpoint, make_scheduler, resolve_device, save_atomic)
 from training.report import card_markdown, learning_curves
-from training.sequence import finish_distributed, fit_metrics, history_lines, split_options
+from training.sequence import split_options
 
 log = logging.getLogger("training")
 
