@@ -121,6 +121,11 @@ def rebuild(ckpt: dict[str, Any]) -> nn.Module:
 def export_checkpoint(path: Path, models_root: Path) -> Path:
     """Export a best-weights checkpoint as a new model version; nothing is written if any gate fails."""
     ckpt = load_checkpoint(path)
+    if ckpt.get("task", "classify") != "classify":
+        exporter = TASK_EXPORTERS.get(ckpt["task"])
+        if exporter is None:
+            raise ValueError(f"{path}: no exporter for task {ckpt['task']!r}")
+        return exporter(path, models_root)
     model = rebuild(ckpt)
     c, (h, w) = ckpt["in_channels"], ckpt["input_size"]
     graph = Graph(module=model,
@@ -171,3 +176,7 @@ from training import sequence as _sequence  # noqa: E402
 
 TASK_TRAINERS.update({"language_model": _sequence.train_language_model, "seq2seq": _sequence.train_seq2seq,
                       "vae": _generative.train_vae, "gan": _generative.train_gan})
+# task -> exporter of a best-weights checkpoint (`python -m training export runs/<name>/best.pt`)
+TASK_EXPORTERS: dict[str, Any] = {
+    "language_model": _sequence.export_language_model, "seq2seq": _sequence.export_seq2seq,
+    "vae": _generative.export_vae, "gan": _generative.export_gan}
