@@ -55,7 +55,7 @@ from tqdm import tqdm
 from service.card import load_card
 from training import recipes
 from training.architectures.gan import DCGAN, ImageGenerator
-from training.architectures.vae import VAE, VAEDecoder, VAEEncoder
+from training.architectures.vae import VAEDecoder, VAEEncoder
 from training.data import augment as augment_images
 from training.data import load_images
 from training.export import BATCH, Graph, existing_versions, publish
@@ -346,10 +346,7 @@ def train_vae(recipe: recipes.Recipe, *, profile: str | None = None, options: di
     return export_vae(best, models_root)
 
 
-def rebuild_vae(ckpt: dict[str, Any]) -> VAE:
-    model = recipes.get(ckpt["recipe"]).builder(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+rebuild_vae = recipes.rebuild  # the checkpoint carries recipe, model_args and weights
 
 
 def export_vae(path: Path, models_root: Path) -> Path:
@@ -588,10 +585,7 @@ def _kept_state(gan: DCGAN, average: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def rebuild_gan(ckpt: dict[str, Any]) -> DCGAN:
-    gan = recipes.get(ckpt["recipe"]).builder(**ckpt["model_args"])
-    gan.load_state_dict(ckpt["model"])
-    return gan.eval()
+rebuild_gan = recipes.rebuild  # the checkpoint carries recipe, model_args and weights
 
 
 def export_gan(path: Path, models_root: Path) -> Path:

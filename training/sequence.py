@@ -149,10 +149,7 @@ def train_language_model(recipe: recipes.Recipe, *, profile: str | None = None,
     return export_language_model(best, models_root)
 
 
-def rebuild_language_model(ckpt: dict[str, Any]) -> CharRNN:
-    model = recipes.get(ckpt["recipe"]).builder(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+rebuild_language_model = recipes.rebuild  # the checkpoint carries recipe, model_args and weights
 
 
 @torch.inference_mode()
@@ -354,10 +351,7 @@ def train_seq2seq(recipe: recipes.Recipe, *, profile: str | None = None,
     return export_seq2seq(best, models_root)
 
 
-def rebuild_seq2seq(ckpt: dict[str, Any]) -> Seq2Seq:
-    model = recipes.get(ckpt["recipe"]).builder(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+rebuild_seq2seq = recipes.rebuild  # the checkpoint carries recipe, model_args and weights
 
 
 def export_seq2seq(path: Path, models_root: Path) -> Path:
