@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DLZOO_MODELS ?= $(CURDIR)/models
 PORT ?= 3000
 PROFILE ?= quick
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+QUICK ?=
+DURATION ?= 60s
+USERS ?= 16
 
 .PHONY: setup system models models-if-missing serve test bench load build clean
 SYSTEM_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf dataset-fashion-mnist
@@ -43,6 +47,17 @@ serve: models-if-missing  ## serve on http://127.0.0.1:$(PORT)
 
 test: setup  ## the whole suite (trains tiny models in fixtures, starts a real server)
 	$(BIN)/python -m pytest
+
+# The bench extra (locust, litserve, fastapi, py-spy...) on top of setup's; `make test` never needs it.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[train,serve,dev,bench]"
+	rm -f $(VENV)/.bench-installed-* && touch $@
+
+bench: models-if-missing $(BENCH_STAMP)  ## load_tests/results/<timestamp>.json, plots, BENCHMARKS.md (~20 min; QUICK=1: ~3 min)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m load_tests.bench $(if $(QUICK),--quick)
+
+load: models-if-missing $(BENCH_STAMP)  ## locust, every endpoint, DURATION=60s USERS=16; fails on any failure or 5xx
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m load_tests.load --duration $(DURATION) --users $(USERS)
 
 build: models-if-missing  ## bentoml build (offline: uv, lock_packages false)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml build .

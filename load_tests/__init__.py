@@ -1,0 +1,1 @@
+"""Benchmarks and load tests: measurements, never timed unit tests (see BENCHMARKS.md)."""

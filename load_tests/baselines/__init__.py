@@ -1,0 +1,1 @@
+"""Servers to compare ours with: a naive first deployment and a real peer (LitServe)."""

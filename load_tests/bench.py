@@ -1,0 +1,194 @@
+"""``make bench``: every measurement of issue #7, one command, one results file, one report.
+
+    python -m load_tests.bench            # the full run (~15-20 min on 2 cores; run it on a quiet machine)
+    python -m load_tests.bench --quick    # the same sections, short measurements (~3 min): a smoke run
+
+Writes ``load_tests/results/<UTC timestamp>.json`` (after every section, so a crash keeps what was
+measured), the plots ``load_tests/results/<timestamp>-*.png``, and regenerates ``BENCHMARKS.md``
+(``load_tests/report.py``; the hand-written findings come from ``load_tests/FINDINGS.md``).
+
+Sections (``--sections``, default all): runtime (ORT vs PyTorch in process), ceiling (MatMul
+GFLOP/s and ResNet-50's fraction of it), serving (closed-loop sweeps: ours with batching on and
+off, the naive baseline, LitServe; the Poisson search; cold start; generation and quality through
+HTTP on our server while it is up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads anywhere
+
+from load_tests import common  # noqa: E402
+
+log = logging.getLogger("bench")
+SECTIONS = ("runtime", "ceiling", "serving")
+SERVED = ("lenet5", "resnet18")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each measurement runs."""
+
+    runtime_budget: float  # seconds per graph and batch size (both engines)
+    curve_budget: float  # seconds per served classifier for the ORT batch curve
+    ceiling_budget: float
+    concurrencies: tuple[int, ...]
+    warmup: float
+    duration: float
+    poisson_fractions: tuple[float, ...]
+    poisson_duration: float
+    extra_cold_starts: int
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(runtime_budget=0.25, curve_budget=0.7, ceiling_budget=3.0, concurrencies=(1, 8, 32, 64),
+                       warmup=0.5, duration=1.5, poisson_fractions=(0.4, 0.7, 0.9), poisson_duration=3.0,
+                       extra_cold_starts=0)
+        return cls(runtime_budget=2.0, curve_budget=4.0, ceiling_budget=20.0, concurrencies=(1, 8, 32, 64),
+                   warmup=3.0, duration=12.0, poisson_fractions=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                   poisson_duration=10.0, extra_cold_starts=1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m load_tests.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short measurements, a smoke run (default: off)")
+    p.add_argument("--models", type=Path, default=Path(os.environ.get("DLZOO_MODELS", common.ROOT / "models")),
+                   help="model repository (default $DLZOO_MODELS or models/)")
+    p.add_argument("--runs", type=Path, default=common.ROOT / "runs",
+                   help="training runs with the checkpoints (default runs/)")
+    p.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (default load_tests/results)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
+    p.add_argument("--report", type=Path, default=common.ROOT / "BENCHMARKS.md",
+                   help="the report to regenerate (default BENCHMARKS.md)")
+    p.add_argument("--no-report", action="store_true", help="write the JSON only (default: off)")
+    args = p.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"--sections: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(SECTIONS)}")
+    return args
+
+
+def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
+    from load_tests import generation, quality, serving as sv
+
+    zoo = common.zoo_cards(args.models)
+    names = [n for n in SERVED if n in zoo]
+    pngs = common.digit_pngs(64)
+    sec = results["sections"]
+    sweep_rows: list[dict] = sec.setdefault("serving", {}).setdefault("rows", [])
+    cold: list[dict] = sec.setdefault("cold_start", {"starts": [], "models": sorted(zoo)})["starts"]
+    sec["serving"].update(load_generator="load_tests.loadgen: its own process, aiohttp+uvloop, closed loop; "
+                                         "it shares the 2 cores with the server under test",
+                          warmup_s=plan.warmup, duration_s=plan.duration, models=names,
+                          images="64 scikit-learn digits (8x8) enlarged to 32x32 PNG")
+
+    def measure(server: common.Server, label: str, metrics: bool, also=None) -> None:
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001 - a server that does not start is a result too
+            log.exception("%s did not start", label)
+            sweep_rows.append({"server": label, "error": f"did not start: {exc}"})
+            return
+        try:
+            if server.name == "dlzoo":
+                cold.append({"label": label, "seconds": server.ready_seconds})
+            sweep_rows.extend(sv.sweep(server, label, names, pngs, plan.concurrencies, plan.warmup,
+                                       plan.duration, metrics))
+            save()
+            if also:
+                also(server)
+        finally:
+            server.stop()
+        save()
+
+    def extras(server: common.Server) -> None:
+        lenet = [r for r in sweep_rows if r.get("server") == "dlzoo batching on" and r.get("model") == "lenet5"
+                 and "throughput" in r]
+        if lenet:
+            capacity = max(r["throughput"] for r in lenet)
+            try:
+                sec["poisson"] = sv.poisson_search(server, "lenet5", pngs, capacity, plan.poisson_fractions,
+                                                   1.0, plan.poisson_duration)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("poisson")
+                sec["poisson"] = {"error": str(exc)}
+            save()
+        try:
+            sec["generation"] = generation.generation_section(server.url, quick=args.quick)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("generation")
+            sec["generation"] = {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+        save()
+        sec["quality"] = quality.quality_section(server.url, args.quick, args.models)
+
+    measure(common.ours(args.models), "dlzoo batching on", True, extras)
+    measure(common.ours(args.models, {"DLZOO_MAX_BATCH": "1"}), "dlzoo batching off", True)
+    measure(common.naive(args.models, args.runs, names), "naive FastAPI+PyTorch", False)
+    measure(common.litserve(args.models, names, max_batch=64, batch_timeout=0.005), "LitServe+ORT", False)
+    for i in range(plan.extra_cold_starts):
+        server = common.ours(args.models)
+        try:
+            server.start()
+            cold.append({"label": f"extra start {i + 1}", "seconds": server.ready_seconds})
+        finally:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    plan = Plan.for_run(args.quick)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"{stamp}.json"
+    if not common.zoo_cards(args.models):
+        log.error("%s has no models: run `make models` first", args.models)
+        return 2
+    results = {"timestamp": stamp, "quick": args.quick, "machine": common.machine(),
+               "plan": plan.__dict__, "models_dir": str(args.models), "sections": {}}
+    t0 = time.perf_counter()
+
+    def save() -> None:
+        results["elapsed_s"] = time.perf_counter() - t0
+        common.write_json(path, results)
+
+    save()
+    chosen = args.sections.split(",")
+    if "runtime" in chosen or "serving" in chosen:
+        from load_tests import runtime_bench as rb
+
+        if "runtime" in chosen:
+            results["sections"]["runtime"] = rb.runtime_section(args.models, args.runs, plan.runtime_budget)
+            save()
+        results["sections"]["batch_curve"] = rb.batch_curve(args.models, list(SERVED), plan.curve_budget)
+        save()
+    if "ceiling" in chosen:
+        from load_tests import runtime_bench as rb
+
+        results["sections"]["ceiling"] = rb.ceiling_section(plan.ceiling_budget)
+        save()
+    if "serving" in chosen:
+        serving(results, args, plan, save)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    save()
+    log.info("results: %s (%.0f s)", path, results["elapsed_s"])
+    if not args.no_report:
+        from load_tests import report
+
+        report.write(path, args.report)
+        log.info("report: %s", args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

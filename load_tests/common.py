@@ -1,0 +1,228 @@
+"""What every benchmark needs: the machine's facts, percentiles, model folders, test images, and
+servers started in their own process groups (ours, the naive baseline, the LitServe peer).
+
+No torch here: the serving benchmarks import this and stay light.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "load_tests" / "results"
+
+# Two torch processes with spinning OpenMP threads on 2 cores run many times slower; every process
+# the benchmark starts gets this (the benchmark itself sets it before importing torch).
+QUIET_THREADS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# ----------------------------------------------------------------------------------- the machine
+
+
+def machine() -> dict:
+    """Cores, CPU model, library versions and ORT providers: written beside every table."""
+    import onnxruntime as ort
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts = {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "ort_available_providers": ort.get_available_providers(),
+        "ort_provider_used": "CPUExecutionProvider",  # no GPU here; sessions report their own
+        "load_average": os.getloadavg(),
+    }
+    for name in ("torch", "bentoml", "litserve", "fastapi", "numpy"):
+        try:
+            facts[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            facts[name] = None
+    try:
+        facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError):
+        pass
+    return facts
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {f"p{q}": None for q in qs}
+    return {f"p{q}": float(np.percentile(a, q)) for q in qs}
+
+
+# ------------------------------------------------------------------------------------- the models
+
+
+def latest_version(models: Path, name: str) -> Path | None:
+    """``models/<name>/<highest version>``, or None."""
+    folder = Path(models) / name
+    if not folder.is_dir():
+        return None
+    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()))
+    return folder / str(versions[-1]) if versions else None
+
+
+def zoo_cards(models: Path) -> dict[str, Path]:
+    """name -> latest version folder, for every model with a card."""
+    out = {}
+    if not Path(models).is_dir():
+        return out
+    for folder in sorted(Path(models).iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            latest = latest_version(models, folder.name)
+            if latest is not None and (latest / "card.json").is_file():
+                out[folder.name] = latest
+    return out
+
+
+# --------------------------------------------------------------------------------------- images
+
+
+def digit_pngs(count: int = 64, size: int = 32, seed: int = 0) -> list[tuple[bytes, int]]:
+    """Real handwritten digits (scikit-learn's test-like tail), white ink on black, as PNG bytes.
+
+    The 8x8 originals are enlarged to ``size`` (bilinear), as a client with a small scan would send.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(digits.images), size=count, replace=False)
+    out = []
+    for i in idx:
+        a = (digits.images[i] / 16.0 * 255.0).astype(np.uint8)
+        img = Image.fromarray(a, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append((buf.getvalue(), int(digits.target[i])))
+    return out
+
+
+# -------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server in its own process group; ``ready_seconds`` is process start -> ready."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/readyz"
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    ready_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 300.0) -> Server:
+        import httpx
+
+        cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
+        self.log_path = self.log_path or RESULTS / "logs" / f"{self.name}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "w")
+        env = {**os.environ, **QUIET_THREADS, "PYTHONPATH": str(ROOT), **self.env}
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}\n"
+                                   + self.tail())
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    self.ready_seconds = time.perf_counter() - t0
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout} s; log: {self.log_path}\n" + self.tail())
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text()[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def ours(models: Path, env: dict[str, str] | None = None, name: str = "dlzoo") -> Server:
+    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo)."""
+    return Server(name, [bin_path("bentoml"), "serve", "service.app:DLZoo", "--host", "127.0.0.1",
+                         "--port", "{port}"], env={"DLZOO_MODELS": str(models), **(env or {})})
+
+
+def naive(models: Path, runs: Path, names: list[str]) -> Server:
+    return Server("naive", [sys.executable, "-m", "load_tests.baselines.naive_server", "--port", "{port}",
+                            "--models", str(models), "--runs", str(runs), "--names", ",".join(names)])
+
+
+def litserve(models: Path, names: list[str], max_batch: int, batch_timeout: float) -> Server:
+    return Server("litserve", [sys.executable, "-m", "load_tests.baselines.litserve_server",
+                               "--port", "{port}", "--models", str(models), "--names", ",".join(names),
+                               "--max-batch", str(max_batch), "--batch-timeout", str(batch_timeout)],
+                  ready_path="/health")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    tmp.replace(path)

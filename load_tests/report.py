@@ -1,0 +1,371 @@
+"""Render ``BENCHMARKS.md`` and the plots from one results file.
+
+    python -m load_tests.report load_tests/results/<timestamp>.json   # -> BENCHMARKS.md + <timestamp>-serving.png
+
+The report is regenerated on every run; what people write by hand (findings, changes with their
+before/after rows) lives in ``load_tests/FINDINGS.md`` and is included as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from load_tests.common import ROOT
+
+FINDINGS = ROOT / "load_tests" / "FINDINGS.md"
+CNNS = ("lenet5", "alexnet", "vgg16", "resnet18")  # the zoo's convolutional classifiers
+SERVERS = ("dlzoo batching on", "dlzoo batching off", "naive FastAPI+PyTorch", "LitServe+ORT")
+
+
+def _f(x, digits: int = 1, suffix: str = "") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}{suffix}"
+    return f"{x}{suffix}"
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    load = "/".join(f"{x:.1f}" for x in m.get("load_average", []))
+    end = "/".join(f"{x:.1f}" for x in m.get("load_average_end", []))
+    return (f"*Machine: {m['cores']} cores ({m['cpu']}), onnxruntime-gpu {m['onnxruntime']} on "
+            f"{m['ort_provider_used']} (built with: {', '.join(m['ort_available_providers'])}), torch {m['torch']}, "
+            f"bentoml {m['bentoml']}, litserve {m['litserve']}, Python {m['python']}; load average "
+            f"{load} at start, {end or '?'} at end; {'quick smoke run' if r['quick'] else 'full run'} "
+            f"{r['timestamp']}.*")
+
+
+def _row(model: str, server: str, conc: int, rows: list[dict]) -> dict | None:
+    return next((x for x in rows if x.get("model") == model and x.get("server") == server
+                 and x.get("concurrency") == conc and "throughput" in x), None)
+
+
+def efficiency(r: dict, model: str, conc: int) -> dict | None:
+    """HTTP images/s over in-process ORT images/s at the batch size the server formed."""
+    from load_tests.serving import interpolate_curve
+
+    row = _row(model, "dlzoo batching on", conc, r["sections"].get("serving", {}).get("rows", []))
+    curve = r["sections"].get("batch_curve", {}).get(model)
+    if not row or not curve or not row.get("mean_batch"):
+        return None
+    ort = interpolate_curve(curve, row["mean_batch"])
+    return {"http": row["throughput"], "batch": row["mean_batch"], "ort": ort,
+            "efficiency": row["throughput"] / ort if ort else None}
+
+
+def targets(r: dict) -> list[dict]:
+    """target, measured, met (None: not measured)."""
+    s = r["sections"]
+    out = []
+    rt = [x for x in s.get("runtime", {}).get("rows", []) if "speedup" in x and x["batch"] == 1]
+    cnn = [x for x in rt if x["model"] in CNNS]
+    if cnn:
+        worst = min(cnn, key=lambda x: x["speedup"])
+        out.append({"target": "ORT >= 1.5x PyTorch at batch 1, every CNN",
+                    "measured": ", ".join(f"{x['model']} {x['speedup']:.2f}x" for x in cnn),
+                    "met": worst["speedup"] >= 1.5})
+    lstm = [x for x in rt if x["model"] == "lstm" and x["role"] == "step"]
+    if lstm:
+        out.append({"target": "ORT >= 3x PyTorch for the LSTM step (batch 1)",
+                    "measured": f"{lstm[0]['speedup']:.2f}x", "met": lstm[0]["speedup"] >= 3})
+    c = s.get("ceiling")
+    if c:
+        out.append({"target": "ResNet-50 (224, batch 32) >= 70% of MatMul GFLOP/s",
+                    "measured": f"{c['resnet50']['gflops']:.1f} / {c['matmul']['gflops']:.1f} GFLOP/s = "
+                                f"{100 * c['fraction']:.0f}%", "met": c["fraction"] >= 0.7})
+    rows = s.get("serving", {}).get("rows", [])
+    ours = _row("resnet18", "dlzoo batching on", 32, rows)
+    for other, goal, label in (("naive FastAPI+PyTorch", 3.0, "the naive baseline"), ("LitServe+ORT", 1.0, "LitServe")):
+        theirs = _row("resnet18", other, 32, rows)
+        if ours and theirs and theirs["throughput"]:
+            ratio = ours["throughput"] / theirs["throughput"]
+            out.append({"target": f"resnet18, concurrency 32: >= {goal:g}x {label}'s throughput",
+                        "measured": f"{ours['throughput']:.0f} / {theirs['throughput']:.0f} req/s = {ratio:.2f}x",
+                        "met": ratio >= goal})
+    eff = efficiency(r, "resnet18", 32)
+    if eff and eff["efficiency"] is not None:
+        out.append({"target": "serving efficiency >= 0.6 (resnet18, concurrency 32)",
+                    "measured": f"{eff['http']:.0f} req/s over ORT {eff['ort']:.0f} img/s at batch "
+                                f"{eff['batch']:.1f} = {eff['efficiency']:.2f}", "met": eff["efficiency"] >= 0.6})
+    p = s.get("poisson")
+    if p and "runs" in p:
+        out.append({"target": "open loop: highest lenet5 rate with p99 <= 100 ms (no numeric target)",
+                    "measured": f"{_f(p['highest_rate_meeting_slo'], 0)} req/s", "met": None})
+    g = s.get("generation")
+    if g is not None:
+        out.append({"target": ">= 4x tokens/s with 16 concurrent streams over one",
+                    "measured": (f"{g['aggregate_tokens_per_s']:.0f} / {g['one_stream_tokens_per_s']:.0f} tok/s = "
+                                 f"{g['ratio']:.1f}x" if g.get("available") and g.get("ratio")
+                                 else "not available: " + str(g.get("reason", ""))[:80]),
+                    "met": g.get("meets_target") if g.get("available") else None})
+    q = s.get("quality", {})
+    for model in ("vae", "gan"):
+        x = q.get(f"{model}_samples")
+        if x:
+            out.append({"target": f"{model}: 200 samples, lenet5 mean top probability >= 0.8, 10 digits",
+                        "measured": (f"{x['mean_top_probability']:.3f}, {x['digits_covered']} digits"
+                                     if x.get("available") else "not available"),
+                        "met": x.get("meets_target") if x.get("available") else None})
+        x = q.get(f"{model}_interpolation")
+        if x:
+            out.append({"target": f"{model}: interpolation neighbours closer than endpoints",
+                        "measured": (f"{x['pairs_smooth']}/{x['pairs']} pairs (mean step {x['mean_neighbour_mad']:.3f}"
+                                     f" vs endpoints {x['mean_endpoint_mad']:.3f})" if x.get("available")
+                                     else "not available"),
+                        "met": x.get("meets_target") if x.get("available") else None})
+    d = q.get("dates")
+    if d:
+        out.append({"target": "every date format normalized >= 99% through /translate",
+                    "measured": (f"worst format {100 * d['worst_format_accuracy']:.1f}%, overall "
+                                 f"{100 * d['overall']:.2f}%" if d.get("available")
+                                 else "not available: " + str(d.get("reason", ""))[:80]),
+                    "met": d.get("meets_target") if d.get("available") else None})
+    return out
+
+
+def plot(r: dict, path: Path) -> Path | None:
+    rows = [x for x in r["sections"].get("serving", {}).get("rows", []) if "throughput" in x]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({x["model"] for x in rows}, key=lambda m: (m != "lenet5", m))
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
+    for i, model in enumerate(models):
+        for server in SERVERS:
+            pts = sorted((x["concurrency"], x["throughput"], x["p99_ms"]) for x in rows
+                         if x["model"] == model and x["server"] == server)
+            if not pts:
+                continue
+            conc = [p[0] for p in pts]
+            axes[i][0].plot(conc, [p[1] for p in pts], marker="o", label=server)
+            axes[i][1].plot(conc, [p[2] for p in pts], marker="o", label=server)
+        axes[i][0].set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s", xscale="log")
+        axes[i][1].set(title=f"{model}: p99 latency", xlabel="concurrent clients", ylabel="ms", xscale="log",
+                       yscale="log")
+        for ax in axes[i]:
+            ax.set_xticks([c for c in sorted({x["concurrency"] for x in rows})])
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.grid(True, alpha=0.3)
+        axes[i][0].legend(fontsize=8)
+    fig.suptitle(f"/classify, closed loop, load generator on the same 2 cores ({r['timestamp']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Path) -> str:
+    s = r["sections"]
+    ml = machine_line(r)
+    rel = lambda p: Path(p).resolve().relative_to(report_path.resolve().parent).as_posix()  # noqa: E731
+    out = ["# Benchmarks", "",
+           f"Generated by `make bench` (`python -m load_tests.bench{' --quick' if r['quick'] else ''}`) from "
+           f"[`{rel(results_path)}`]({rel(results_path)}) in {r.get('elapsed_s', 0) / 60:.1f} min; "
+           "regenerated on every run, so edit `load_tests/FINDINGS.md`, not this file. These machines are "
+           "shared and noisy: every figure is a median, and every ratio compares two numbers taken in the "
+           "same run.", ""]
+    if r["quick"]:
+        out += ["> **Quick smoke run**: measurements of a second or two each, for checking that everything "
+                "runs; the figures are indicative only. `make bench` without `QUICK=1` gives the real ones.", ""]
+    out += ["## Targets", "", ml, "", "| target | measured | met |", "|---|---|---|"]
+    for t in targets(r):
+        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        out.append(f"| {t['target']} | {t['measured']} | {met} |")
+    out.append("")
+    if FINDINGS.is_file():
+        out += [FINDINGS.read_text().strip(), ""]
+
+    rt = s.get("runtime")
+    if rt:
+        out += ["## 1. Runtime in process: ONNX Runtime against PyTorch eager", "", ml, "",
+                f"{rt['note']}. ORT threads per session: {rt['threads']} (the service's "
+                f"`DLZOO_INTRA_OP_THREADS` default), PyTorch the same.", "",
+                "| model | graph | batch | ORT ms | PyTorch ms | ORT items/s | PyTorch items/s | ORT / PyTorch |",
+                "|---|---|---|---|---|---|---|---|"]
+        sources = set()
+        for x in rt["rows"]:
+            if "error" in x:
+                out.append(f"| {x['model']} | {x['role']} | – | error: {x['error'][:80]} | | | | |")
+                continue
+            sources.add(f"{x['model']}: {x['weights']}")
+            out.append(f"| {x['model']} | {x['role']} | {x['batch']} | {x['ort_ms']:.3f} | {x['torch_ms']:.3f} | "
+                       f"{x['ort_items_per_s']:,.0f} | {x['torch_items_per_s']:,.0f} | {x['speedup']:.2f}x |")
+        out += ["", "Weights: " + "; ".join(sorted(sources)) + ".", ""]
+
+    c = s.get("ceiling")
+    if c:
+        rn = c["resnet50"]
+        out += ["## 2. Compute ceiling", "", ml, "", c["note"] + ".", "",
+                "| measurement | value |", "|---|---|",
+                f"| MatMul {c['matmul']['n']}x{c['matmul']['n']} float32 | {c['matmul']['median_s'] * 1e3:.1f} ms, "
+                f"**{c['matmul']['gflops']:.1f} GFLOP/s** ({c['matmul']['reps']} runs) |",
+                f"| ResNet-50 graph FLOPs at batch {rn['batch']} | {rn['graph_gflop']:.1f} GFLOP "
+                f"({rn['gflop_per_image']:.2f} per image; Conv {rn['graph_gflop_by_op']['Conv']:.1f}, "
+                f"Gemm {rn['graph_gflop_by_op']['Gemm']:.2f}) |",
+                f"| ResNet-50 batch {rn['batch']} through ORT | {rn['median_s']:.2f} s, {rn['images_per_s']:.1f} img/s, "
+                f"**{rn['gflops']:.1f} GFLOP/s** ({rn['reps']} runs) |",
+                f"| fraction of the MatMul ceiling | **{100 * c['fraction']:.0f}%** |", ""]
+
+    sv = s.get("serving")
+    if sv:
+        out += ["## 3. Serving `/classify`", "", ml, "",
+                f"Closed loop, {sv['warmup_s']:g} s warm-up then {sv['duration_s']:g} s measured per point; "
+                f"{sv['load_generator']}. Images: {sv['images']}. Servers: ours (`bentoml serve`, whole zoo, "
+                "one front and one inference worker, ORT 1 thread/session) with adaptive batching on "
+                "(`DLZOO_MAX_BATCH=64`) and off (`DLZOO_MAX_BATCH=1`); the naive baseline "
+                "(`load_tests/baselines/naive_server.py`: FastAPI, PyTorch eager, one request at a time); "
+                "LitServe (`load_tests/baselines/litserve_server.py`: the same ONNX graphs through "
+                "`service.runtime`, the same preprocessing, `max_batch_size=64`, `batch_timeout=5 ms`). "
+                "'batch' is the mean number of items per ONNX call in the window (`dlzoo_batch_size` "
+                "from `/metrics`).", ""]
+        if plot_path:
+            out += [f"![throughput and p99 against concurrency]({rel(plot_path)})", ""]
+        for model in sv.get("models", []):
+            out += [f"### {model}", "", "| server | clients | req/s | p50 ms | p95 ms | p99 ms | errors | batch | "
+                    "ORT ms/call |", "|---|---|---|---|---|---|---|---|---|"]
+            for x in sv["rows"]:
+                if x.get("model") != model:
+                    continue
+                if "throughput" not in x:
+                    out.append(f"| {x['server']} | {x.get('concurrency', '–')} | error: {x.get('error', '')[:80]} "
+                               "| | | | | | |")
+                    continue
+                out.append(f"| {x['server']} | {x['concurrency']} | {x['throughput']:,.0f} | {_f(x['p50_ms'])} | "
+                           f"{_f(x['p95_ms'])} | {_f(x['p99_ms'])} | {x['errors']} | {_f(x.get('mean_batch'))} | "
+                           f"{_f(x.get('ort_ms_per_call'), 2)} |")
+            out.append("")
+        for x in sv["rows"]:
+            if "throughput" not in x and "model" not in x:
+                out += [f"{x['server']}: {x.get('error', '')[:300]}", ""]
+        out += ["### Serving efficiency", "",
+                "HTTP images/s of ours (batching on) over in-process ORT images/s at the batch size the "
+                "server formed (ORT batch curve measured in this run, sessions as the service opens them).", "",
+                "| model | clients | HTTP req/s | formed batch | ORT img/s at that batch | efficiency |",
+                "|---|---|---|---|---|---|"]
+        for model in sv.get("models", []):
+            for conc in (1, 8, 32, 64):
+                e = efficiency(r, model, conc)
+                if e:
+                    out.append(f"| {model} | {conc} | {e['http']:,.0f} | {e['batch']:.1f} | {_f(e['ort'], 0)} | "
+                               f"{_f(e['efficiency'], 3)} |")
+        curve = s.get("batch_curve", {})
+        if curve:
+            bs = sorted({int(b) for c_ in curve.values() for b in c_})
+            out += ["", "ORT in process, images/s by batch size (1 thread, as served):", "",
+                    "| model | " + " | ".join(str(b) for b in bs) + " |", "|---|" + "---|" * len(bs)]
+            for model, c_ in curve.items():
+                out.append(f"| {model} | " + " | ".join(f"{c_.get(str(b), c_.get(b, 0)):,.0f}" for b in bs) + " |")
+        out.append("")
+    p = s.get("poisson")
+    if p:
+        out += ["### Open loop (Poisson arrivals), lenet5", "", ml, "",
+                "Arrivals at rising fractions of the closed-loop capacity; latency counts from the scheduled "
+                "send time (a server that falls behind is charged for the queue). Highest rate with p99 <= "
+                f"100 ms and no errors: **{_f(p.get('highest_rate_meeting_slo'), 0)} req/s**.", "",
+                "| offered req/s | answered req/s | p50 ms | p99 ms | errors | client send lag p99 ms | p99 <= 100 ms |",
+                "|---|---|---|---|---|---|---|"]
+        for x in p.get("runs", []):
+            out.append(f"| {x['rate']:,.0f} | {x['achieved']:,.0f} | {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | "
+                       f"{x['errors']} | {_f(x['send_lag_p99_ms'])} | {'yes' if x['meets_slo'] else 'no'} |")
+        out.append("")
+
+    g = s.get("generation")
+    out += ["## 4. Generation", "", ml, ""]
+    if not g:
+        out += ["Not measured in this run.", ""]
+    elif not g.get("available"):
+        out += [f"Not available: {g.get('reason')}", ""]
+    else:
+        one, many = g["single"], g["concurrent"]
+        out += [f"`POST /generate_stream`, model `{g['model']}`, {g['max_new_tokens']} new tokens, temperature "
+                f"{g['temperature']}, one seed per stream; the load generator reads the events in its own process.",
+                "", "| measurement | one stream | " + f"{g['streams']} concurrent streams |", "|---|---|---|",
+                f"| streams (ok) | {one['streams']} ({one['ok']}) | {many['streams']} ({many['ok']}) |",
+                f"| tokens/s | {_f(g['one_stream_tokens_per_s'], 0)} (median per stream) | "
+                f"{_f(g['aggregate_tokens_per_s'], 0)} (aggregate) |",
+                f"| per-stream tokens/s (median) | {_f(one['per_stream_tokens_per_s_median'], 0)} | "
+                f"{_f(many['per_stream_tokens_per_s_median'], 0)} |",
+                f"| time to first token p50 / p99 ms | {_f(one['ttft_p50_ms'])} / {_f(one['ttft_p99_ms'])} | "
+                f"{_f(many['ttft_p50_ms'])} / {_f(many['ttft_p99_ms'])} |",
+                f"| aggregate over one stream | | **{_f(g['ratio'], 2)}x** (target >= {g['target_ratio']:g}x) |", ""]
+
+    cs = s.get("cold_start")
+    if cs and cs.get("starts"):
+        secs = sorted(x["seconds"] for x in cs["starts"] if x.get("seconds"))
+        out += ["## 5. Cold start", "", ml, "",
+                f"Seconds from `bentoml serve` process start to `GET /readyz` = 200 with the whole zoo "
+                f"({len(cs['models'])} models: {', '.join(cs['models'])}; every session opened, checked against "
+                "its card and warmed up).", "", "| start | seconds |", "|---|---|"]
+        out += [f"| {x['label']} | {_f(x['seconds'], 2)} |" for x in cs["starts"]]
+        if secs:
+            out += [f"| **median** | **{secs[len(secs) // 2]:.2f}** |"]
+        out.append("")
+
+    q = s.get("quality")
+    if q:
+        out += ["## Quality through HTTP", "", ml, ""]
+        rows = []
+        for model in ("vae", "gan"):
+            x = q.get(f"{model}_samples") or {}
+            if x.get("available"):
+                rows.append(f"| {model} | 200 samples (`/sample`, 4 seeds x 50) classified by lenet5 (`/classify`) | "
+                            f"mean top probability {x['mean_top_probability']:.3f}, {x['digits_covered']} digits "
+                            f"(counts {x['class_counts']}) | >= 0.8, 10 | {'yes' if x['meets_target'] else '**no**'} |")
+            else:
+                rows.append(f"| {model} | samples | not available: {x.get('reason', '')[:100]} | | |")
+            x = q.get(f"{model}_interpolation") or {}
+            if x.get("available"):
+                rows.append(f"| {model} | `/interpolate` slerp, {x['steps']} steps, {x['pairs']} seed pairs | mean "
+                            f"|neighbour diff| {x['mean_neighbour_mad']:.4f} (largest {x['max_neighbour_mad']:.4f}) vs "
+                            f"endpoints {x['mean_endpoint_mad']:.4f}; {x['pairs_smooth']}/{x['pairs']} pairs smooth, "
+                            f"{x['pairs_max_step_below_endpoints']}/{x['pairs']} with every step below | neighbours < "
+                            f"endpoints | {'yes' if x['meets_target'] else '**no**'} |")
+            else:
+                rows.append(f"| {model} | interpolation | not available: {x.get('reason', '')[:100]} | | |")
+        out += ["| model | check | measured | target | met |", "|---|---|---|---|---|", *rows, ""]
+        d = q.get("dates") or {}
+        if d.get("available"):
+            out += [f"Dates through `POST /translate` (`{d['model']}`, greedy, held-out calendar days of "
+                    f"`training.data.dates` seed {d['seed']}, {d['per_format']} per format): overall "
+                    f"{100 * d['overall']:.2f}%, worst format {100 * d['worst_format_accuracy']:.1f}% "
+                    f"(target >= 99% each).", "", "| format | exact match |", "|---|---|"]
+            out += [f"| {f} | {100 * a:.1f}% |" for f, a in d["accuracy_by_format"].items()]
+            if d["errors"]:
+                out += ["", "First errors: " + "; ".join(f"`{e['source']}` -> `{e['output']}` (want `{e['target']}`)"
+                                                        for e in d["errors"][:5])]
+            out.append("")
+        else:
+            out += [f"Dates through `/translate`: not available ({d.get('reason', 'not measured')}).", ""]
+
+    out += ["## Reproduce", "", "```bash",
+            "make bench                 # full run: ~15-20 min; results/<timestamp>.json, plots, this file",
+            "make bench QUICK=1         # smoke run, ~3 min",
+            "make load DURATION=60s     # locust, every endpoint, fails on any failure or 5xx",
+            "python -m load_tests.report load_tests/results/<timestamp>.json   # re-render this file",
+            "```", ""]
+    return "\n".join(out)
+
+
+def write(results_path: Path, report_path: Path) -> None:
+    r = json.loads(Path(results_path).read_text())
+    plot_path = plot(r, Path(results_path).with_name(f"{r['timestamp']}-serving.png"))
+    Path(report_path).write_text(render(r, Path(results_path), plot_path, Path(report_path)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, help="a results file, load_tests/results/<timestamp>.json")
+    p.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md", help="output (default BENCHMARKS.md)")
+    args = p.parse_args()
+    write(args.results, args.report)
+
+
+if __name__ == "__main__":
+    main()
