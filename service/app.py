@@ -12,19 +12,22 @@ Two services in one ``bentoml serve``:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Literal
 
 import anyio
 import bentoml
 import numpy as np
 from PIL import Image
-from pydantic import Field, ValidationError, WrapValidator
+from bentoml.validators import ContentType
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from service import generation as textgen
 from service import generative as gen
 from service import imaging, uploads
 from service.catalog import Catalog
@@ -47,10 +50,21 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 STAGE_SECONDS = bentoml.metrics.Histogram(
     name="dlzoo_stage_seconds", documentation="per-request time by stage: queue, preprocess, inference",
     labelnames=["model", "provider", "stage"], buckets=_BUCKETS)
+GEN_STREAMS = bentoml.metrics.Gauge(
+    name="dlzoo_generation_streams", documentation="generations in progress (waiting or stepping)",
+    labelnames=["model"], multiprocess_mode="livesum")
+GEN_TOKENS = bentoml.metrics.Counter(
+    name="dlzoo_generated_tokens", documentation="tokens generated", labelnames=["model"])
+GEN_ENDED = bentoml.metrics.Counter(
+    name="dlzoo_generations", documentation="generations ended, by reason (length, stop, error, cancelled)",
+    labelnames=["model", "reason"])
+FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
+    name="dlzoo_time_to_first_token_seconds", documentation="from a generation's arrival to its first token",
+    labelnames=["model"], buckets=_BUCKETS)
 
 
-def IntRange(low: int, high: int, description: str):  # noqa: ANN201, N802 - a type factory
-    """An int field limited to low..high (OpenAPI minimum/maximum) whose 400 names the whole range.
+def _range(kind: type, noun: str, low, high, description: str):  # noqa: ANN001, ANN202
+    """A number field limited to low..high (OpenAPI minimum/maximum) whose 400 names the whole range.
 
     Pydantic's own message names only the bound that failed ("less than or equal to 64"); BentoML
     answers a ValidationError with 400 and ``detail: [{loc: [field], msg}]``.
@@ -59,9 +73,59 @@ def IntRange(low: int, high: int, description: str):  # noqa: ANN201, N802 - a t
         try:
             return handler(value)
         except ValidationError:
-            raise PydanticCustomError("range", "must be an integer from {low} to {high}, got {value}",
-                                      {"low": low, "high": high, "value": value}) from None
-    return Annotated[int, Field(ge=low, le=high, description=description), WrapValidator(check)]
+            raise PydanticCustomError("range", "must be {noun} from {low} to {high}, got {value}",
+                                      {"noun": noun, "low": low, "high": high, "value": value}) from None
+    return Annotated[kind, Field(ge=low, le=high, description=description), WrapValidator(check)]
+
+
+def IntRange(low: int, high: int, description: str):  # noqa: ANN201, N802 - a type factory
+    return _range(int, "an integer", low, high, description)
+
+
+def FloatRange(low: float, high: float, description: str):  # noqa: ANN201, N802 - a type factory
+    return _range(float, "a number", low, high, description)
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=textgen.MAX_STOP_CHARS)]
+
+
+class GenerateRequest(BaseModel):
+    """The body of /generate and /generate_stream (one definition for both)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is a 400, not silently ignored
+
+    model: str = Field("lstm", description="a language model (rnn, lstm, gru), or name@version")
+    prompt: str = Field("", max_length=textgen.MAX_PROMPT_CHARS,
+                        description="text to continue; characters outside the vocabulary are read as "
+                                    "unknown and listed in unknown_chars; empty starts a new paragraph")
+    max_new_tokens: IntRange(1, textgen.MAX_NEW_TOKENS, "characters to generate at most") = 200
+    temperature: FloatRange(0.0, textgen.MAX_TEMPERATURE, "0 = greedy; higher = more random") = 0.8
+    top_k: IntRange(1, 1_000_000, "sample among the k most likely (at most the vocabulary size)") | None = None
+    top_p: FloatRange(0.0, 1.0, "sample among the most likely tokens whose probability reaches p") = 1.0
+    seed: IntRange(0, textgen.SEED_LIMIT - 1, "fixes the sampling; drawn (and returned) if absent") | None = None
+    stop: list[StopString] = Field([], max_length=textgen.MAX_STOP_STRINGS,
+                                   description="end where one of these first appears (not included)")
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("seq2seq", description="a seq2seq model, or name@version")
+    text: str = Field(..., min_length=1, max_length=textgen.MAX_TRANSLATE_CHARS,
+                      description="the source text (the model's card may allow fewer characters)")
+    beam_width: IntRange(1, textgen.MAX_BEAM_WIDTH, "1 = greedy") = 4
+    num_return: IntRange(1, textgen.MAX_BEAM_WIDTH, "candidates to return, at most beam_width") | None = None
+    max_length: IntRange(1, 1000, "output tokens at most (default: the card's max_target_len)") | None = None
+
+
+def _line(**fields: Any) -> str:
+    """One event between the services: a JSON line, ASCII only, so a chunk boundary never splits a
+    character (BentoML's client decodes each network chunk on its own)."""
+    return json.dumps(fields, ensure_ascii=True) + "\n"
+
+
+def _sse(data: dict[str, Any], event: str | None = None) -> str:
+    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 @bentoml.service(
@@ -75,6 +139,8 @@ def IntRange(low: int, high: int, description: str):  # noqa: ANN201, N802 - a t
 class Inference:
     def __init__(self) -> None:
         self.catalog = Catalog(SETTINGS.models, runtime=RuntimeConfig.from_env())
+        self.schedulers: dict[str, textgen.StepScheduler] = {}  # model ref -> its shared-step loop
+        self.streams: dict[str, tuple[textgen.StepScheduler, textgen.Stream]] = {}  # id -> in progress
 
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
@@ -127,6 +193,85 @@ class Inference:
         return {"model": entry.name, "version": entry.version, "provider": entry.provider,
                 "images": out.images, "latents": out.latents, "seeds": out.seeds, "extra": out.extra,
                 "inference_ms": round(seconds * 1e3, 3)}
+
+    # --- language models and seq2seq (service/generation.py) -----------------------------------
+
+    @bentoml.api
+    async def generate_events(self, model: str, prompt: str, max_new_tokens: int, temperature: float,
+                              top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+                              stop: list[str] | None = None, tokens: bool = True) -> AsyncGenerator[str, None]:
+        """JSON lines: ``start``; one ``token`` per generated token (if ``tokens``); ``done`` (with the
+        whole text unless ``tokens``) or ``error``. The stream joins the model's shared-step loop;
+        closing this response early (a client gone) cancels it at the next step."""
+        try:
+            entry = self.catalog.resolve(model, textgen.LM_TASKS)
+        except ClientError as exc:
+            yield _line(event="error", status=exc.status, detail=str(exc))
+            return
+        scheduler = self.schedulers.get(entry.ref)
+        if scheduler is None:
+            scheduler = self.schedulers[entry.ref] = textgen.StepScheduler(
+                textgen.LanguageModel(entry), max_active=SETTINGS.max_streams, on_step=self._observe_step)
+        stream = scheduler.model.stream(prompt, max_new_tokens=max_new_tokens, seed=seed, stop=stop or (),
+                                        sampling=textgen.Sampling(temperature, top_k, top_p))
+        scheduler.submit(stream)
+        self.streams[stream.id] = (scheduler, stream)
+        GEN_STREAMS.labels(model=entry.ref).inc()
+        try:
+            yield _line(event="start", id=stream.id, model=entry.name, version=entry.version, provider=entry.provider,
+                        seed=stream.seed, prompt_tokens=len(stream.prompt), unknown_chars=stream.unknown_chars)
+            async for event in scheduler.events(stream):
+                if event.index == 1 and stream.first_token is not None:
+                    FIRST_TOKEN_SECONDS.labels(model=entry.ref).observe(stream.first_token - stream.created)
+                if event.error is not None:
+                    yield _line(event="error", status=500, detail=event.error)
+                elif event.finish_reason is not None:
+                    done = {"finish_reason": event.finish_reason, "tokens": len(stream.tokens),
+                            "timings_ms": stream.timings_ms()}
+                    if tokens:
+                        yield _line(event="token", text=event.text, index=event.index)
+                    else:
+                        done["text"] = stream.text
+                    yield _line(event="done", **done)
+                elif tokens:
+                    yield _line(event="token", text=event.text, index=event.index)
+        finally:
+            self.streams.pop(stream.id, None)
+            GEN_STREAMS.labels(model=entry.ref).dec()
+            GEN_TOKENS.labels(model=entry.ref).inc(len(stream.tokens))
+            GEN_ENDED.labels(model=entry.ref, reason=stream.finish_reason or "cancelled").inc()
+
+    @bentoml.api
+    async def cancel_generation(self, stream_id: str) -> bool:
+        """Stop a generation whose client has gone (the front calls this); False if already over.
+
+        Closing the internal stream is not enough: BentoML's client leaves the connection to this
+        service open after its reader is closed, so the generation would run on to its end."""
+        scheduler, stream = self.streams.get(stream_id, (None, None))
+        return scheduler is not None and scheduler.cancel(stream)
+
+    def _observe_step(self, entry, items: int, seconds: float) -> None:  # noqa: ANN001
+        INFERENCE_SECONDS.labels(model=entry.ref, provider=entry.provider).observe(seconds)
+        BATCH_SIZE.labels(model=entry.ref, provider=entry.provider).observe(items)
+
+    @bentoml.api
+    def translate(self, model: str, text: str, beam_width: int, num_return: int,
+                  max_length: int | None = None) -> dict[str, Any]:
+        """Greedy or beam-search decoding of one text; {error, status} for a client error."""
+        try:
+            entry = self.catalog.resolve(model, textgen.SEQ2SEQ_TASKS)
+            translator = textgen.Translator(entry)
+            t0 = time.perf_counter()
+            out = translator.translate(text, beam_width=beam_width, num_return=num_return,
+                                       max_length=max_length)
+        except ClientError as exc:
+            return {"error": str(exc), "status": exc.status}
+        except textgen.TextTooLong as exc:
+            return {"error": str(exc), "status": 400}
+        seconds = time.perf_counter() - t0
+        INFERENCE_SECONDS.labels(model=entry.ref, provider=entry.provider).observe(seconds)
+        return {"model": entry.name, "version": entry.version, "provider": entry.provider, **out,
+                "timings_ms": {"total": round(seconds * 1e3, 3)}}
 
 
 @bentoml.service(name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60})
@@ -239,6 +384,119 @@ class DLZoo:
             return JSONResponse({**self._meta(out), **out["seeds"], "method": method,
                                  "images": gen.to_lists(out["images"]), "latents": out["latents"].tolist()})
         return await self._png(out, steps, scale)
+
+    # --- language models and seq2seq -----------------------------------------------------------
+    # The front validates (pydantic for fields, the cards for model, task and vocabulary size) and
+    # relays to Inference, whose shared-step loop generates. Inference answers JSON lines; the front
+    # turns them into the response: one JSON object, or Server-Sent Events.
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, **request: Any) -> dict[str, Any]:
+        """Continue a prompt with a character language model: {text, tokens, finish_reason, ...}."""
+        events = self._generation_events(request, tokens=False)
+        start = await self._start(events)
+        try:
+            async for event in events:
+                if event["event"] == "error":
+                    raise error_for_status(event["status"], event["detail"])
+                if event["event"] == "done":
+                    return {**{k: start[k] for k in ("model", "version", "provider", "seed", "unknown_chars")},
+                            "text": event["text"], "tokens": event["tokens"],
+                            "finish_reason": event["finish_reason"], "timings_ms": event["timings_ms"]}
+        finally:
+            await events.aclose()
+        raise error_for_status(500, "generation ended without an answer")
+
+    @bentoml.api(route="/generate_stream", input_spec=GenerateRequest)
+    async def generate_stream(self, **request: Any) -> Annotated[str, ContentType("text/event-stream")]:
+        """The same generation as Server-Sent Events: ``event: start`` (model, seed, unknown_chars),
+        one ``data: {text, index}`` per token as soon as it exists, then ``event: done``
+        (finish_reason, tokens, timings_ms) or ``event: error`` (status, detail). Request errors
+        are answered with a 4xx before the stream starts."""
+        events = self._generation_events(request, tokens=True)
+        start = await self._start(events)
+
+        async def sse() -> AsyncIterator[str]:
+            finished = False
+            try:
+                yield _sse({k: v for k, v in start.items() if k != "event"}, "start")
+                async for event in events:
+                    kind = event.pop("event")
+                    if kind == "token":
+                        if event["text"]:
+                            yield _sse(event)
+                    else:
+                        finished = kind in ("done", "error")
+                        yield _sse(event, kind)
+                        if finished:
+                            return
+                yield _sse({"status": 502, "detail": "the inference service ended the stream early"}, "error")
+            except Exception:  # noqa: BLE001 - after the first byte the status is sent: say it in the stream
+                log.exception("generation stream failed")
+                yield _sse({"status": 500, "detail": "generation failed; see the server log"}, "error")
+            finally:
+                # A client gone: starlette cancels this task; the shield lets the clean-up finish.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await events.aclose()
+                    if not finished:
+                        await self.inference.to_async.cancel_generation(stream_id=start["id"])
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Seed": str(start["seed"]),
+                   "X-Model": f"{start['model']}@{start['version']}"}
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    async def _generation_events(self, request: dict[str, Any], tokens: bool) -> AsyncIterator[dict[str, Any]]:
+        entry = self.catalog.resolve(request["model"], textgen.LM_TASKS)
+        vocab = len(entry.card.vocab.tokens)
+        if request["top_k"] is not None and request["top_k"] > vocab:
+            raise BadRequest(f"top_k: must be an integer from 1 to {vocab} (the vocabulary of {entry.ref}), "
+                             f"got {request['top_k']}")
+        lines = self.inference.to_async.generate_events(**{**request, "model": entry.ref, "tokens": tokens})
+        buffer = ""
+        try:
+            async for chunk in lines:
+                buffer += chunk
+                *complete, buffer = buffer.split("\n")
+                for line in complete:
+                    if line:
+                        yield json.loads(line)
+        finally:
+            await lines.aclose()
+
+    @staticmethod
+    async def _start(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+        """The first event: ``start``, or the request's error raised as its 4xx."""
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            raise error_for_status(502, "the inference service answered nothing") from None
+        if first["event"] == "error":
+            await events.aclose()
+            raise error_for_status(first["status"], first["detail"])
+        return first
+
+    @bentoml.api(route="/translate", input_spec=TranslateRequest)
+    async def translate(self, **request: Any) -> dict[str, Any]:
+        """Seq2seq (date normalization): {output, score, candidates: [{text, log_prob, complete}]}.
+
+        ``beam_width`` 1 is greedy decoding; wider beams return candidates best first (complete
+        ones, ending in end-of-sequence, before cut-off ones), and the best is never worse than
+        greedy's. Characters outside the vocabulary are read as unknown and listed."""
+        entry = self.catalog.resolve(request["model"], textgen.SEQ2SEQ_TASKS)
+        beam_width = request["beam_width"]
+        num_return = beam_width if request["num_return"] is None else request["num_return"]
+        if num_return > beam_width:
+            raise BadRequest(f"num_return: must be an integer from 1 to beam_width ({beam_width}), got {num_return}")
+        limit = int(entry.card.training.get("max_source_len", textgen.MAX_TRANSLATE_CHARS))
+        if len(request["text"]) > limit:
+            raise BadRequest(f"text: must be 1 to {limit} characters for {entry.ref} (its card's "
+                             f"max_source_len), got {len(request['text'])}")
+        out = await self.inference.to_async.translate(model=entry.ref, text=request["text"],
+                                                       beam_width=beam_width, num_return=num_return,
+                                                       max_length=request["max_length"])
+        if "error" in out:
+            raise error_for_status(out["status"], out["error"])
+        return out
 
     @staticmethod
     async def _generated(call) -> dict[str, Any]:  # noqa: ANN001

@@ -9,6 +9,7 @@
 | DLZOO_MAX_LATENCY_MS | 10000 | adaptive batching: a request that BentoML expects to wait longer is refused (503) |
 | DLZOO_FRONT_WORKERS | 1 | HTTP worker processes (decode, preprocess) |
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
+| DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
 """
 
@@ -54,6 +55,7 @@ class Settings:
     max_latency_ms: int
     front_workers: int
     inference_workers: int
+    max_streams: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -65,4 +67,5 @@ class Settings:
             max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
             front_workers=env_int(env, "DLZOO_FRONT_WORKERS", 1),
             inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
+            max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
         )
