@@ -221,6 +221,37 @@ def litserve(models: Path, names: list[str], max_batch: int, batch_timeout: floa
                   ready_path="/health")
 
 
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by a process and its descendants, by role: ``front``
+    and ``inference`` for our two BentoML services, ``other`` for everything else."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats, children = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+        pid, ppid = int(entry.name), int(fields[1])
+        stats[pid] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
+        children.setdefault(ppid, []).append(pid)
+    out = {"front": 0.0, "inference": 0.0, "other": 0.0}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if pid not in stats:
+            continue
+        seconds, cmd = stats[pid]
+        role = ("inference" if "--service-name dlzoo-inference" in cmd
+                else "front" if "--service-name dlzoo " in cmd else "other")
+        out[role] += seconds
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

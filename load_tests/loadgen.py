@@ -120,9 +120,14 @@ async def closed_loop(spec: dict) -> dict:
             await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
             metrics["end"] = await fetch_text(session, spec.get("metrics_url"))
 
+        cpu0 = time.process_time()
         await asyncio.gather(scrape(), *(client(i) for i in range(conc)))
+        cpu = time.process_time() - cpu0
     out = summarize(records, t_start, t_end, duration)
-    out.update(mode="closed", concurrency=conc, duration=duration, metrics=metrics)
+    # the generator's own CPU: the share of one core it took from the server under test
+    out.update(mode="closed", concurrency=conc, duration=duration, metrics=metrics,
+               client_cpu_share=cpu / (warmup + duration), client_cpu_ms_per_request=1e3 * cpu / max(1, len(records)),
+               total_requests=len(records))
     return out
 
 

@@ -16,7 +16,7 @@ from load_tests.common import ROOT
 
 FINDINGS = ROOT / "load_tests" / "FINDINGS.md"
 CNNS = ("lenet5", "alexnet", "vgg16", "resnet18")  # the zoo's convolutional classifiers
-SERVERS = ("dlzoo batching on", "dlzoo batching off", "naive FastAPI+PyTorch", "LitServe+ORT")
+SERVERS = ("dlzoo batching on", "dlzoo batching off", "dlzoo max batch 2", "naive FastAPI+PyTorch", "LitServe+ORT")
 
 
 def _f(x, digits: int = 1, suffix: str = "") -> str:
@@ -25,6 +25,14 @@ def _f(x, digits: int = 1, suffix: str = "") -> str:
     if isinstance(x, float):
         return f"{x:,.{digits}f}{suffix}"
     return f"{x}{suffix}"
+
+
+def _cpu(by_role: dict | None) -> str:
+    """Server CPU per request: the total, and our front/inference split."""
+    if not by_role:
+        return "–"
+    parts = [f"{by_role[k]:.1f} {k}" for k in ("front", "inference") if k in by_role]
+    return f"{by_role['total']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def machine_line(r: dict) -> str:
@@ -204,8 +212,9 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
         rn = c["resnet50"]
         out += ["## 2. Compute ceiling", "", ml, "", c["note"] + ".", "",
                 "| measurement | value |", "|---|---|",
-                f"| MatMul {c['matmul']['n']}x{c['matmul']['n']} float32 | {c['matmul']['median_s'] * 1e3:.1f} ms, "
-                f"**{c['matmul']['gflops']:.1f} GFLOP/s** ({c['matmul']['reps']} runs) |",
+                *[f"| MatMul {m['n']}x{m['n']} float32 | {m['median_s'] * 1e3:.1f} ms, {m['gflops']:.1f} GFLOP/s "
+                  f"({m['reps']} runs){' (**the ceiling**: the best)' if m['n'] == c['matmul']['n'] else ''} |"
+                  for m in c.get("matmuls", [c["matmul"]])],
                 f"| ResNet-50 graph FLOPs at batch {rn['batch']} | {rn['graph_gflop']:.1f} GFLOP "
                 f"({rn['gflop_per_image']:.2f} per image; Conv {rn['graph_gflop_by_op']['Conv']:.1f}, "
                 f"Gemm {rn['graph_gflop_by_op']['Gemm']:.2f}) |",
@@ -224,26 +233,33 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                 "LitServe (`load_tests/baselines/litserve_server.py`: the same ONNX graphs through "
                 "`service.runtime`, the same preprocessing, `max_batch_size=64`, `batch_timeout=5 ms`). "
                 "'batch' is the mean number of items per ONNX call in the window (`dlzoo_batch_size` "
-                "from `/metrics`).", ""]
+                "from `/metrics`). 'Server CPU ms/request' is the user+system CPU time of all the server's "
+                "processes during the point (warm-up included) over the requests sent, for ours split into "
+                "the front (HTTP, multipart, preprocessing) and the inference service; with 2 cores, "
+                "2000 / that figure is the most requests per second the server could answer.", ""]
+        if sv.get("batching_off_note"):
+            out += [f"Batching off: {sv['batching_off_note']}.", ""]
         if plot_path:
             out += [f"![throughput and p99 against concurrency]({rel(plot_path)})", ""]
         for model in sv.get("models", []):
             out += [f"### {model}", "", "| server | clients | req/s | p50 ms | p95 ms | p99 ms | errors | batch | "
-                    "ORT ms/call |", "|---|---|---|---|---|---|---|---|---|"]
+                    "ORT ms/call | server CPU ms/request | load generator CPU |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
             for x in sv["rows"]:
                 if x.get("model") != model:
                     continue
                 if "throughput" not in x:
                     out.append(f"| {x['server']} | {x.get('concurrency', '–')} | error: {x.get('error', '')[:80]} "
-                               "| | | | | | |")
+                               "| | | | | | | | |")
                     continue
                 out.append(f"| {x['server']} | {x['concurrency']} | {x['throughput']:,.0f} | {_f(x['p50_ms'])} | "
                            f"{_f(x['p95_ms'])} | {_f(x['p99_ms'])} | {x['errors']} | {_f(x.get('mean_batch'))} | "
-                           f"{_f(x.get('ort_ms_per_call'), 2)} |")
+                           f"{_f(x.get('ort_ms_per_call'), 2)} | {_cpu(x.get('server_cpu_ms_per_request'))} | "
+                           f"{_f(100 * x.get('client_cpu_share', 0), 0, '%')} |")
             out.append("")
         for x in sv["rows"]:
             if "throughput" not in x and "model" not in x:
-                out += [f"{x['server']}: {x.get('error', '')[:300]}", ""]
+                out += [f"{x['server']}: {x.get('error', '').strip().splitlines()[-1][:300]}", ""]
         out += ["### Serving efficiency", "",
                 "HTTP images/s of ours (batching on) over in-process ORT images/s at the batch size the "
                 "server formed (ORT batch curve measured in this run, sessions as the service opens them).", "",
@@ -323,7 +339,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             x = q.get(f"{model}_interpolation") or {}
             if x.get("available"):
                 rows.append(f"| {model} | `/interpolate` slerp, {x['steps']} steps, {x['pairs']} seed pairs | mean "
-                            f"|neighbour diff| {x['mean_neighbour_mad']:.4f} (largest {x['max_neighbour_mad']:.4f}) vs "
+                            f"abs. difference of neighbouring frames {x['mean_neighbour_mad']:.4f} (largest {x['max_neighbour_mad']:.4f}) vs "
                             f"endpoints {x['mean_endpoint_mad']:.4f}; {x['pairs_smooth']}/{x['pairs']} pairs smooth, "
                             f"{x['pairs_max_step_below_endpoints']}/{x['pairs']} with every step below | neighbours < "
                             f"endpoints | {'yes' if x['meets_target'] else '**no**'} |")

@@ -96,14 +96,22 @@ def sweep(server: common.Server, label: str, names: list[str], pngs, concurrenci
                     "warmup": warmup, "duration": duration, "bodies": classify_bodies(pngs, name),
                     "metrics_url": server.url + "/metrics" if with_metrics else None}
             try:
+                cpu0 = common.tree_cpu(server.proc.pid)
                 out = run_loadgen(spec)
+                cpu1 = common.tree_cpu(server.proc.pid)
             except Exception as exc:  # noqa: BLE001 - record and go on
                 log.exception("%s %s c=%d failed", label, name, conc)
                 rows.append({"server": label, "model": name, "concurrency": conc, "error": str(exc)})
                 continue
             row = {"server": label, "model": name, "concurrency": conc,
                    **{k: out[k] for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
-                                          "requests", "ok", "errors", "statuses")}}
+                                          "requests", "ok", "errors", "statuses", "client_cpu_share",
+                                          "client_cpu_ms_per_request")}}
+            # the server's CPU per request (all its processes, warm-up included), by role for ours
+            n = max(1, out.get("total_requests", 0))
+            row["server_cpu_ms_per_request"] = {k: 1e3 * (cpu1[k] - cpu0[k]) / n for k in cpu1
+                                                if cpu1[k] - cpu0[k] > 0}
+            row["server_cpu_ms_per_request"]["total"] = 1e3 * sum(cpu1[k] - cpu0[k] for k in cpu1) / n
             if with_metrics:
                 row.update(formed_batches(out.get("metrics") or {}, name))
             log.info("%-22s %-9s c=%-3d %7.1f req/s  p50 %6.1f  p99 %6.1f ms  batch %s  errors %d", label, name,
@@ -118,7 +126,9 @@ def poisson_search(server: common.Server, name: str, pngs, capacity: float, frac
     """Open-loop Poisson runs at rising fractions of the closed-loop capacity; the highest rate whose
     p99 stays <= ``slo_ms`` with no errors."""
     runs, best = [], None
-    for f in fractions:
+    fractions = list(fractions)
+    while fractions:
+        f = fractions.pop(0)
         rate = max(1.0, round(f * capacity))
         spec = {"mode": "open", "url": server.url, "path": "/classify", "rate": rate, "warmup": warmup,
                 "duration": duration, "bodies": classify_bodies(pngs, name), "seed": len(runs)}
@@ -131,6 +141,8 @@ def poisson_search(server: common.Server, name: str, pngs, capacity: float, frac
                  out["errors"], "ok" if ok else "over")
         if ok:
             best = rate
+        elif best is None and f > 0.05:
+            fractions = [f / 2]  # even the first rate was too much: halve until one passes
         else:
             break
     return {"model": name, "slo_p99_ms": slo_ms, "capacity_closed_loop": capacity,
