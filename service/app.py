@@ -12,8 +12,10 @@ Two services in one ``bentoml serve``:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Literal
@@ -141,6 +143,8 @@ class Inference:
         self.catalog = Catalog(SETTINGS.models, runtime=RuntimeConfig.from_env())
         self.schedulers: dict[str, textgen.StepScheduler] = {}  # model ref -> its shared-step loop
         self.streams: dict[str, tuple[textgen.StepScheduler, textgen.Stream]] = {}  # id -> in progress
+        self.channels: dict[str, textgen.Channel] = {}
+        self.wants_tokens: dict[str, bool] = {}  # channel streams that only want their end (/generate)
 
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
@@ -195,58 +199,140 @@ class Inference:
                 "inference_ms": round(seconds * 1e3, 3)}
 
     # --- language models and seq2seq (service/generation.py) -----------------------------------
+    # Two ways for the front to follow generations, both fed by the same per-model shared-step loop:
+    # - a channel (the default, one Inference worker): the front keeps one long-lived stream from
+    #   ``generation_channel`` per front worker and starts generations on it with
+    #   ``start_generation``; each step's events for all of the channel's streams go out in one
+    #   write. Per token this saves an HTTP write in each service and a pass through BentoML's
+    #   middleware stack, which dominated the CPU time per token when each generation had a
+    #   stream of its own (measured with py-spy; see BENCHMARKS.md).
+    # - ``generate_events``, one stream per generation: with several Inference workers BentoML's
+    #   client spreads calls over them, so a generation may land on a worker without the channel.
+    # Lines are JSON, ASCII only, so a network chunk boundary never splits a character.
 
-    @bentoml.api
-    async def generate_events(self, model: str, prompt: str, max_new_tokens: int, temperature: float,
-                              top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
-                              stop: list[str] | None = None, tokens: bool = True) -> AsyncGenerator[str, None]:
-        """JSON lines: ``start``; one ``token`` per generated token (if ``tokens``); ``done`` (with the
-        whole text unless ``tokens``) or ``error``. The stream joins the model's shared-step loop;
-        closing this response early (a client gone) cancels it at the next step."""
-        try:
-            entry = self.catalog.resolve(model, textgen.LM_TASKS)
-        except ClientError as exc:
-            yield _line(event="error", status=exc.status, detail=str(exc))
-            return
+    def _open_stream(self, model: str, prompt: str, max_new_tokens: int, temperature: float,
+                     top_k: int | None, top_p: float, seed: int | None, stop: list[str] | None,
+                     sink: textgen.Channel | None = None, stream_id: str | None = None) -> textgen.Stream:
+        """Resolve the model (ClientError if it cannot generate), make the stream, join its loop."""
+        entry = self.catalog.resolve(model, textgen.LM_TASKS)
         scheduler = self.schedulers.get(entry.ref)
         if scheduler is None:
             scheduler = self.schedulers[entry.ref] = textgen.StepScheduler(
                 textgen.LanguageModel(entry), max_active=SETTINGS.max_streams, on_step=self._observe_step)
         stream = scheduler.model.stream(prompt, max_new_tokens=max_new_tokens, seed=seed, stop=stop or (),
                                         sampling=textgen.Sampling(temperature, top_k, top_p))
-        scheduler.submit(stream)
+        if stream_id is not None:
+            stream.id = stream_id
+        stream.sink = sink
         self.streams[stream.id] = (scheduler, stream)
         GEN_STREAMS.labels(model=entry.ref).inc()
+        scheduler.submit(stream)
+        return stream
+
+    def _start_info(self, stream: textgen.Stream) -> dict[str, Any]:
+        entry = self.streams[stream.id][0].model.entry
+        return {"event": "start", "id": stream.id, "model": entry.name, "version": entry.version,
+                "provider": entry.provider, "seed": stream.seed, "prompt_tokens": len(stream.prompt),
+                "unknown_chars": stream.unknown_chars}
+
+    def _event_lines(self, stream: textgen.Stream, event: textgen.Event, tokens: bool) -> list[str]:
+        """A stream's event as lines: a token (if ``tokens``), then done or error at its end."""
+        lines = []
+        if event.index == 1 and stream.first_token is not None:
+            ref = self.streams[stream.id][0].model.entry.ref if stream.id in self.streams else "?"
+            FIRST_TOKEN_SECONDS.labels(model=ref).observe(stream.first_token - stream.created)
+        if tokens and event.error is None and (event.text or event.finish_reason is None):
+            lines.append(_line(event="token", id=stream.id, text=event.text, index=event.index))
+        if event.error is not None:
+            lines.append(_line(event="error", id=stream.id, status=500, detail=event.error))
+        elif event.finish_reason is not None:
+            done = {"finish_reason": event.finish_reason, "tokens": len(stream.tokens),
+                    "timings_ms": stream.timings_ms()}
+            if not tokens:
+                done["text"] = stream.text
+            lines.append(_line(event="done", id=stream.id, **done))
+        if event.finish_reason is not None:
+            self._ended(stream)
+        return lines
+
+    def _ended(self, stream: textgen.Stream) -> None:
+        scheduler, _ = self.streams.pop(stream.id, (None, None))
+        self.wants_tokens.pop(stream.id, None)
+        if scheduler is None:
+            return  # counted already
+        if not stream.done:
+            scheduler.cancel(stream)
+        ref = scheduler.model.entry.ref
+        GEN_STREAMS.labels(model=ref).dec()
+        GEN_TOKENS.labels(model=ref).inc(len(stream.tokens))
+        GEN_ENDED.labels(model=ref, reason=stream.finish_reason or "cancelled").inc()
+
+    @bentoml.api
+    async def generation_channel(self) -> AsyncGenerator[str, None]:
+        """A long-lived stream of JSON lines for many generations: ``channel`` (its id) first, then
+        each step's events of all generations started on it, tagged with their ids; a ``ping`` after
+        10 s without events. Closing it cancels its unfinished generations."""
+        channel = textgen.Channel()
+        self.channels[channel.id] = channel
         try:
-            yield _line(event="start", id=stream.id, model=entry.name, version=entry.version, provider=entry.provider,
-                        seed=stream.seed, prompt_tokens=len(stream.prompt), unknown_chars=stream.unknown_chars)
-            async for event in scheduler.events(stream):
-                if event.index == 1 and stream.first_token is not None:
-                    FIRST_TOKEN_SECONDS.labels(model=entry.ref).observe(stream.first_token - stream.created)
-                if event.error is not None:
-                    yield _line(event="error", status=500, detail=event.error)
-                elif event.finish_reason is not None:
-                    done = {"finish_reason": event.finish_reason, "tokens": len(stream.tokens),
-                            "timings_ms": stream.timings_ms()}
-                    if tokens:
-                        yield _line(event="token", text=event.text, index=event.index)
-                    else:
-                        done["text"] = stream.text
-                    yield _line(event="done", **done)
-                elif tokens:
-                    yield _line(event="token", text=event.text, index=event.index)
+            yield _line(event="channel", id=channel.id)
+            async for items in channel.batches(idle=10.0):
+                lines = [line for stream, event in items
+                         for line in self._event_lines(stream, event, self.wants_tokens.get(stream.id, True))]
+                yield "".join(lines) or _line(event="ping")
         finally:
-            self.streams.pop(stream.id, None)
-            GEN_STREAMS.labels(model=entry.ref).dec()
-            GEN_TOKENS.labels(model=entry.ref).inc(len(stream.tokens))
-            GEN_ENDED.labels(model=entry.ref, reason=stream.finish_reason or "cancelled").inc()
+            self.channels.pop(channel.id, None)
+            for stream in list(channel.streams.values()):
+                self._ended(stream)
+
+    @bentoml.api
+    async def start_generation(self, channel: str, stream_id: str, model: str, prompt: str,
+                               max_new_tokens: int, temperature: float, top_k: int | None = None,
+                               top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                               tokens: bool = True) -> dict[str, Any]:
+        """Start a generation whose events go to ``channel`` under ``stream_id`` (chosen by the
+        caller, so that it can listen before the first event can arrive). Answers the start
+        event, or {error, status}."""
+        sink = self.channels.get(channel)
+        if sink is None:
+            return {"error": "generation channel unknown to this inference worker", "status": 503}
+        try:
+            stream = self._open_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                                       sink=sink, stream_id=stream_id)
+        except ClientError as exc:
+            return {"error": str(exc), "status": exc.status}
+        sink.streams[stream.id] = stream
+        if not tokens:
+            self.wants_tokens[stream.id] = False
+        return self._start_info(stream)
+
+    @bentoml.api
+    async def generate_events(self, model: str, prompt: str, max_new_tokens: int, temperature: float,
+                              top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+                              stop: list[str] | None = None, tokens: bool = True) -> AsyncGenerator[str, None]:
+        """One generation as JSON lines: ``start``; a ``token`` per token (if ``tokens``); ``done``
+        (with the whole text unless ``tokens``) or ``error``."""
+        try:
+            stream = self._open_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)
+        except ClientError as exc:
+            yield _line(event="error", status=exc.status, detail=str(exc))
+            return
+        scheduler = self.streams[stream.id][0]
+        try:
+            yield _line(**self._start_info(stream))
+            async for events in scheduler.events(stream):
+                lines = [line for event in events for line in self._event_lines(stream, event, tokens)]
+                if lines:
+                    yield "".join(lines)  # one write for everything that piled up
+        finally:
+            self._ended(stream)
 
     @bentoml.api
     async def cancel_generation(self, stream_id: str) -> bool:
         """Stop a generation whose client has gone (the front calls this); False if already over.
 
-        Closing the internal stream is not enough: BentoML's client leaves the connection to this
-        service open after its reader is closed, so the generation would run on to its end."""
+        Closing a generation's own stream is not enough: BentoML's client leaves the connection
+        to this service open after its reader is closed, so the generation would run to its end."""
         scheduler, stream = self.streams.get(stream_id, (None, None))
         return scheduler is not None and scheduler.cancel(stream)
 
@@ -274,6 +360,94 @@ class Inference:
                 "timings_ms": {"total": round(seconds * 1e3, 3)}}
 
 
+async def _json_lines(chunks: AsyncIterator[str]) -> AsyncIterator[list[dict[str, Any]]]:
+    """The complete JSON lines in each chunk of a stream, as lists (a line may span chunks)."""
+    buffer = ""
+    async for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split("\n")
+        events = [json.loads(line) for line in complete if line]
+        if events:
+            yield events
+
+
+async def _prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
+    try:
+        if first:
+            yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
+
+
+class Relay:
+    """The front's end of a generation channel: reads Inference's ``generation_channel`` in a
+    background task and hands each generation its events (in lists, as they arrived)."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.closed = False
+        self.queues: dict[str, asyncio.Queue] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, inference) -> Relay:  # noqa: ANN001 - BentoML's client of the Inference service
+        relay = cls()
+        relay._task = asyncio.get_running_loop().create_task(relay._read(inference), name="dlzoo-relay")
+        with anyio.move_on_after(30):
+            await relay._ready.wait()
+        if relay.id is None:
+            relay.closed = True
+            relay._task.cancel()
+            raise error_for_status(503, "could not open a generation channel to the inference service")
+        return relay
+
+    def listen(self, stream_id: str) -> asyncio.Queue:
+        self.queues[stream_id] = queue = asyncio.Queue()
+        return queue
+
+    def forget(self, stream_id: str) -> None:
+        self.queues.pop(stream_id, None)
+
+    async def events(self, stream_id: str, queue: asyncio.Queue) -> AsyncIterator[list[dict[str, Any]]]:
+        try:
+            while True:
+                events = await queue.get()
+                while not queue.empty():
+                    events = events + queue.get_nowait()
+                yield events
+        finally:
+            self.forget(stream_id)
+
+    async def _read(self, inference) -> None:  # noqa: ANN001
+        lines = inference.to_async.generation_channel()
+        try:
+            async for events in _json_lines(lines):
+                mine: dict[str, list[dict[str, Any]]] = {}
+                for event in events:
+                    if event["event"] == "channel":
+                        self.id = event["id"]
+                        self._ready.set()
+                    elif event["event"] != "ping":
+                        mine.setdefault(event.pop("id"), []).append(event)
+                for stream_id, group in mine.items():
+                    queue = self.queues.get(stream_id)
+                    if queue is not None:  # else its client has gone
+                        queue.put_nowait(group)
+        except Exception:  # noqa: BLE001 - logged; every generation on the channel is told below
+            log.exception("generation channel %s lost", self.id)
+        finally:
+            self.closed = True
+            self._ready.set()
+            for queue in self.queues.values():
+                queue.put_nowait([{"event": "error", "status": 502,
+                                   "detail": "lost the channel to the inference service; try again"}])
+            with anyio.CancelScope(shield=True):
+                await lines.aclose()
+
+
 @bentoml.service(name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60})
 class DLZoo:
     inference = bentoml.depends(Inference)
@@ -281,6 +455,8 @@ class DLZoo:
     def __init__(self) -> None:
         # Cards and checksums only: this process preprocesses, the Inference service runs graphs.
         self.catalog = Catalog(SETTINGS.models, runtime=None)
+        self._relay_channel: Relay | None = None
+        self._relay_lock = asyncio.Lock()
 
     def __is_ready__(self) -> bool:
         return True  # /readyz also waits for the Inference service
@@ -393,19 +569,19 @@ class DLZoo:
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
     async def generate(self, **request: Any) -> dict[str, Any]:
         """Continue a prompt with a character language model: {text, tokens, finish_reason, ...}."""
-        events = self._generation_events(request, tokens=False)
-        start = await self._start(events)
+        start, events, close = await self._generation(request, tokens=False)
         try:
-            async for event in events:
-                if event["event"] == "error":
-                    raise error_for_status(event["status"], event["detail"])
-                if event["event"] == "done":
-                    return {**{k: start[k] for k in ("model", "version", "provider", "seed", "unknown_chars")},
-                            "text": event["text"], "tokens": event["tokens"],
-                            "finish_reason": event["finish_reason"], "timings_ms": event["timings_ms"]}
+            async for chunk in events:
+                for event in chunk:
+                    if event["event"] == "error":
+                        raise error_for_status(event["status"], event["detail"])
+                    if event["event"] == "done":
+                        return {**{k: start[k] for k in ("model", "version", "provider", "seed", "unknown_chars")},
+                                "text": event["text"], "tokens": event["tokens"],
+                                "finish_reason": event["finish_reason"], "timings_ms": event["timings_ms"]}
         finally:
-            await events.aclose()
-        raise error_for_status(500, "generation ended without an answer")
+            await close()
+        raise error_for_status(502, "the inference service ended the generation without an answer")
 
     @bentoml.api(route="/generate_stream", input_spec=GenerateRequest)
     async def generate_stream(self, **request: Any) -> Annotated[str, ContentType("text/event-stream")]:
@@ -413,67 +589,100 @@ class DLZoo:
         one ``data: {text, index}`` per token as soon as it exists, then ``event: done``
         (finish_reason, tokens, timings_ms) or ``event: error`` (status, detail). Request errors
         are answered with a 4xx before the stream starts."""
-        events = self._generation_events(request, tokens=True)
-        start = await self._start(events)
+        start, events, close = await self._generation(request, tokens=True)
 
         async def sse() -> AsyncIterator[str]:
             finished = False
             try:
-                yield _sse({k: v for k, v in start.items() if k != "event"}, "start")
-                async for event in events:
-                    kind = event.pop("event")
-                    if kind == "token":
-                        if event["text"]:
-                            yield _sse(event)
-                    else:
-                        finished = kind in ("done", "error")
-                        yield _sse(event, kind)
-                        if finished:
-                            return
-                yield _sse({"status": 502, "detail": "the inference service ended the stream early"}, "error")
+                yield _sse({k: v for k, v in start.items() if k not in ("event", "id")}, "start")
+                async for chunk in events:
+                    out = []
+                    for event in chunk:
+                        kind = event.pop("event")
+                        event.pop("id", None)
+                        if kind != "token":
+                            finished = True
+                            out.append(_sse(event, kind))
+                        elif event["text"]:
+                            out.append(_sse(event))
+                    yield "".join(out)  # one write for the tokens that arrived together
+                if not finished:
+                    yield _sse({"status": 502, "detail": "the inference service ended the stream early"}, "error")
             except Exception:  # noqa: BLE001 - after the first byte the status is sent: say it in the stream
                 log.exception("generation stream failed")
                 yield _sse({"status": 500, "detail": "generation failed; see the server log"}, "error")
             finally:
                 # A client gone: starlette cancels this task; the shield lets the clean-up finish.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await events.aclose()
-                    if not finished:
-                        await self.inference.to_async.cancel_generation(stream_id=start["id"])
+                    await close()
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Seed": str(start["seed"]),
                    "X-Model": f"{start['model']}@{start['version']}"}
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
-    async def _generation_events(self, request: dict[str, Any], tokens: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _generation(self, request: dict[str, Any], tokens: bool):  # noqa: ANN202
+        """Start a generation: (start event, lists of its later events up to done/error, close).
+
+        ``close()`` cancels the generation if it has not ended (a client gone). Request errors
+        raise their 4xx here, before any answer has begun."""
         entry = self.catalog.resolve(request["model"], textgen.LM_TASKS)
         vocab = len(entry.card.vocab.tokens)
         if request["top_k"] is not None and request["top_k"] > vocab:
             raise BadRequest(f"top_k: must be an integer from 1 to {vocab} (the vocabulary of {entry.ref}), "
                              f"got {request['top_k']}")
-        lines = self.inference.to_async.generate_events(**{**request, "model": entry.ref, "tokens": tokens})
-        buffer = ""
+        request = {**request, "model": entry.ref, "tokens": tokens}
+        if SETTINGS.inference_workers == 1:
+            relay = await self._relay()
+            stream_id = secrets.token_hex(8)
+            queue = relay.listen(stream_id)
+            try:
+                start = await self.inference.to_async.start_generation(channel=relay.id, stream_id=stream_id,
+                                                                       **request)
+                if "error" in start:
+                    raise error_for_status(start["status"], start["error"])
+            except BaseException:
+                relay.forget(stream_id)
+                raise
+            events = relay.events(stream_id, queue)
+        else:
+            events = self._own_stream(request)
+            first, *rest = await anext(events)
+            if first["event"] == "error":
+                await events.aclose()
+                raise error_for_status(first["status"], first["detail"])
+            start, events = first, _prepend(rest, events)
+        ended = False
+
+        async def until_end() -> AsyncIterator[list[dict[str, Any]]]:
+            nonlocal ended
+            async for chunk in events:
+                ended = any(e["event"] in ("done", "error") for e in chunk)
+                yield chunk
+                if ended:
+                    return
+
+        async def close() -> None:
+            await events.aclose()
+            if not ended:
+                await self.inference.to_async.cancel_generation(stream_id=start["id"])
+
+        return start, until_end(), close
+
+    async def _relay(self) -> Relay:
+        """This worker's generation channel to Inference, opened on first use and after a loss."""
+        async with self._relay_lock:
+            if self._relay_channel is None or self._relay_channel.closed:
+                self._relay_channel = await Relay.open(self.inference)
+            return self._relay_channel
+
+    async def _own_stream(self, request: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """A generation on a stream of its own (several Inference workers): its JSON lines, in lists."""
+        lines = self.inference.to_async.generate_events(**request)
         try:
-            async for chunk in lines:
-                buffer += chunk
-                *complete, buffer = buffer.split("\n")
-                for line in complete:
-                    if line:
-                        yield json.loads(line)
+            async for events in _json_lines(lines):
+                yield events
         finally:
             await lines.aclose()
-
-    @staticmethod
-    async def _start(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
-        """The first event: ``start``, or the request's error raised as its 4xx."""
-        try:
-            first = await anext(events)
-        except StopAsyncIteration:
-            raise error_for_status(502, "the inference service answered nothing") from None
-        if first["event"] == "error":
-            await events.aclose()
-            raise error_for_status(first["status"], first["detail"])
-        return first
 
     @bentoml.api(route="/translate", input_spec=TranslateRequest)
     async def translate(self, **request: Any) -> dict[str, Any]:

@@ -168,7 +168,8 @@ class Stream:
     created: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     finished: float | None = None
-    queue: Any = None  # asyncio.Queue of Event, set by the scheduler
+    queue: Any = None  # asyncio.Queue of Event, set by the scheduler when there is no sink
+    sink: Channel | None = None  # where the scheduler delivers events instead, shared with other streams
     id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def __post_init__(self) -> None:
@@ -281,7 +282,10 @@ class StepScheduler:
         self.steps = 0
 
     def submit(self, stream: Stream) -> Stream:
-        stream.queue = asyncio.Queue()
+        """Queue a stream for the next steps: its events go to its ``sink`` (a Channel), or else to a
+        queue of its own that :meth:`events` reads."""
+        if stream.sink is None:
+            stream.queue = asyncio.Queue()
         self.waiting.append(stream)
         self._wake.set()
         if self._task is None or self._task.done():
@@ -294,17 +298,22 @@ class StepScheduler:
             return False
         stream.cancelled = True
         stream.finish_reason, stream.finished = "cancelled", time.perf_counter()
-        stream.queue.put_nowait(Event(index=len(stream.tokens), finish_reason="cancelled"))
+        self._deliver([(stream, Event(index=len(stream.tokens), finish_reason="cancelled"))])
         self._wake.set()
         return True
 
-    async def events(self, stream: Stream) -> AsyncIterator[Event]:
-        """The stream's events until its last; leaving early (a client gone) cancels the stream."""
+    async def events(self, stream: Stream) -> AsyncIterator[list[Event]]:
+        """The stream's events, until its last, in lists: whatever has piled up since the consumer
+        last asked (one event when it keeps up; more under load, so that a slow consumer pays its
+        per-write costs once per list instead of once per token). Leaving early (a client gone)
+        cancels the stream."""
         try:
             while True:
-                event = await stream.queue.get()
-                yield event
-                if event.finish_reason is not None:
+                events = [await stream.queue.get()]
+                while not stream.queue.empty():
+                    events.append(stream.queue.get_nowait())
+                yield events
+                if events[-1].finish_reason is not None:
                     return
         finally:
             if not stream.done:
@@ -332,14 +341,56 @@ class StepScheduler:
                 log.exception("step call failed for %s", self.model.entry.ref)
                 for s in batch:
                     s.finish_reason, s.finished = "error", time.perf_counter()
-                    s.queue.put_nowait(Event(finish_reason="error", error=f"step failed: {exc}"))
+                self._deliver([(s, Event(index=len(s.tokens), finish_reason="error", error=f"step failed: {exc}"))
+                               for s in batch])
                 continue
             self.steps += 1
             if self.on_step is not None:
                 self.on_step(self.model.entry, len(batch), time.perf_counter() - t0)
-            for s, event in zip(batch, events):
-                if event is not None and not s.cancelled:
-                    s.queue.put_nowait(event)
+            self._deliver([(s, event) for s, event in zip(batch, events) if event is not None and not s.cancelled])
+
+    @staticmethod
+    def _deliver(items: list[tuple[Stream, Event]]) -> None:
+        """Hand out events: one put per sink for all of its streams' events of this step."""
+        sinks: dict[int, tuple[Channel, list[tuple[Stream, Event]]]] = {}
+        for stream, event in items:
+            if stream.sink is None:
+                stream.queue.put_nowait(event)
+            else:
+                sinks.setdefault(id(stream.sink), (stream.sink, []))[1].append((stream, event))
+        for sink, group in sinks.values():
+            sink.put(group)
+
+
+class Channel:
+    """One line of events for many streams: the scheduler puts each step's events for all of this
+    channel's streams at once, and the reader takes whatever has piled up in one go. The service
+    sends a channel's batch in one network write, where a stream of its own per generation costs
+    one write (and one pass through every HTTP middleware) per token per stream."""
+
+    def __init__(self) -> None:
+        self.id = secrets.token_hex(8)
+        self.queue: asyncio.Queue[list[tuple[Stream, Event]]] = asyncio.Queue()
+        self.streams: dict[str, Stream] = {}  # the unfinished streams delivering here
+
+    def put(self, items: list[tuple[Stream, Event]]) -> None:
+        self.queue.put_nowait(items)
+
+    async def batches(self, idle: float) -> AsyncIterator[list[tuple[Stream, Event]]]:
+        """Everything delivered since the last batch; an empty batch after ``idle`` seconds
+        without events (a heartbeat that keeps an idle line from timing out)."""
+        while True:
+            try:
+                items = await asyncio.wait_for(self.queue.get(), idle)
+            except asyncio.TimeoutError:
+                yield []
+                continue
+            while not self.queue.empty():
+                items = items + self.queue.get_nowait()
+            for stream, event in items:
+                if event.finish_reason is not None:
+                    self.streams.pop(stream.id, None)
+            yield items
 
 
 # --- seq2seq ------------------------------------------------------------------------------------

@@ -175,8 +175,8 @@ def test_scheduler_shares_steps_lets_late_streams_finish_first_and_cancels(catal
             out = []
             events = scheduler.events(stream)
             try:
-                async for event in events:
-                    out.append(event)
+                async for batch in events:
+                    out += batch
                     if stop_after is not None and len(out) >= stop_after:
                         break  # a client that leaves
             finally:
@@ -203,7 +203,7 @@ def test_scheduler_shares_steps_lets_late_streams_finish_first_and_cancels(catal
     assert "".join(e.text for e in short_ev) == short.text == reference[20]
     assert "".join(e.text for e in third_ev) == third.text == reference[50]
     assert [e.finish_reason for e in (long_ev[-1], short_ev[-1], third_ev[-1])] == ["length"] * 3
-    assert gone.cancelled and len(gone.tokens) < 300 and len(gone_ev) == 5
+    assert gone.cancelled and len(gone.tokens) < 300 and 5 <= len(gone_ev) < 300
     assert max(steps_seen) == 2, "never more than max_active streams in a step"
     assert steps_seen.count(2) > 50, "concurrent streams shared step calls"
     assert sum(steps_seen) == sum(counter.batches) and scheduler.active == []
@@ -212,9 +212,9 @@ def test_scheduler_shares_steps_lets_late_streams_finish_first_and_cancels(catal
         scheduler = textgen.StepScheduler(lm)
         stream = scheduler.submit(lm.stream("The ", max_new_tokens=2000, sampling=greedy()))
         events = []
-        async for event in scheduler.events(stream):
-            events.append(event)
-            if len(events) == 3:
+        async for batch in scheduler.events(stream):
+            events += batch
+            if len(events) >= 3 and not stream.cancelled:
                 assert scheduler.cancel(stream)
         assert not scheduler.cancel(stream), "cancelling twice is a no-op"
         return stream, events
@@ -481,3 +481,25 @@ def test_http_bad_requests_get_4xx_naming_the_field(http, path, body, status, wo
     assert r.status_code == status, r.text
     for word in words:
         assert word in r.text, (word, r.text)
+
+
+def test_http_with_two_inference_workers_each_generation_streams_on_its_own(seq_repo, catalog):
+    """With several Inference workers a generation cannot rely on the front's channel (BentoML
+    spreads calls over the workers), so each has a stream of its own: same answers, same errors."""
+    srv = Server(seq_repo / "models", env={"DLZOO_INFERENCE_WORKERS": "2"})
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            request = {"model": "gru", "prompt": "The ", "max_new_tokens": 60, "temperature": 0}
+            body = c.post("/generate", json=request).json()
+            lm = textgen.LanguageModel(catalog.resolve("gru"))
+            assert body["text"] == lm.run(lm.stream("The ", max_new_tokens=60, sampling=greedy())).text
+            with c.stream("POST", "/generate_stream", json={**request, "temperature": 0.7, "seed": 5}) as r:
+                events = sse_events(r.iter_lines())
+            assert events[0][0] == "start" and events[-1][0] == "done"
+            streamed = "".join(d["text"] for k, d in events if k == "message")
+            assert streamed == c.post("/generate", json={**request, "temperature": 0.7, "seed": 5}).json()["text"]
+            assert c.post("/generate", json={"model": "seq2seq"}).status_code == 400
+            assert c.post("/generate_stream", json={"model": "nope"}).status_code == 404
+    finally:
+        srv.stop()
