@@ -46,16 +46,17 @@ class Plan:
     poisson_fractions: tuple[float, ...]
     poisson_duration: float
     extra_cold_starts: int
+    prime: float  # seconds at 8 clients per model right after a server starts, not counted
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
             return cls(runtime_budget=0.25, curve_budget=0.7, ceiling_budget=3.0, concurrencies=(1, 8, 32, 64),
                        warmup=0.5, duration=1.5, poisson_fractions=(0.4, 0.7, 0.9), poisson_duration=3.0,
-                       extra_cold_starts=0)
+                       extra_cold_starts=0, prime=2.0)
         return cls(runtime_budget=2.0, curve_budget=4.0, ceiling_budget=20.0, concurrencies=(1, 8, 32, 64),
                    warmup=3.0, duration=12.0, poisson_fractions=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-                   poisson_duration=10.0, extra_cold_starts=1)
+                   poisson_duration=10.0, extra_cold_starts=1, prime=4.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +89,7 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
     sec = results["sections"]
     sweep_rows: list[dict] = sec.setdefault("serving", {}).setdefault("rows", [])
     cold: list[dict] = sec.setdefault("cold_start", {"starts": [], "models": sorted(zoo)})["starts"]
+    primes: list[dict] = sec["serving"].setdefault("priming", [])
     sec["serving"].update(load_generator="load_tests.loadgen: its own process, aiohttp+uvloop, closed loop; "
                                          "it shares the 2 cores with the server under test",
                           warmup_s=plan.warmup, duration_s=plan.duration, models=names,
@@ -103,6 +105,7 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
         try:
             if server.name == "dlzoo":
                 cold.append({"label": label, "seconds": server.ready_seconds})
+            primes.extend(prime(server, label, names, pngs, plan.prime))
             sweep_rows.extend(sv.sweep(server, label, names, pngs, plan.concurrencies, plan.warmup,
                                        plan.duration, metrics))
             save()
@@ -145,6 +148,8 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
         measure(common.ours(args.models, {"DLZOO_MAX_BATCH": "2"}), "dlzoo max batch 2", True)
     measure(common.naive(args.models, args.runs, names), "naive FastAPI+PyTorch", False)
     measure(common.litserve(args.models, names, max_batch=64, batch_timeout=0.005), "LitServe+ORT", False)
+    sec["serving_wide"] = wide_resnet(args, plan, pngs)
+    save()
     for i in range(plan.extra_cold_starts):
         server = common.ours(args.models)
         try:
@@ -152,6 +157,53 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
             cold.append({"label": f"extra start {i + 1}", "seconds": server.ready_seconds})
         finally:
             server.stop()
+
+
+def prime(server: common.Server, label: str, names: list[str], pngs, seconds: float) -> list[dict]:
+    """A few seconds at 8 clients per model before measuring, recorded but not counted: BentoML's
+    dispatcher learns its batching parameters from the first calls after start (with
+    DLZOO_MAX_LATENCY_MS=10000 it starts from ~0.67 s per item and may hold requests for seconds),
+    and every server gets the same treatment."""
+    from load_tests import serving as sv
+
+    rows = sv.sweep(server, label, names, pngs, (8,), 0.0, seconds, False) if seconds > 0 else []
+    return [{k: r.get(k) for k in ("server", "model", "throughput", "p50_ms", "p99_ms", "errors")} for r in rows]
+
+
+def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
+    """The same comparison at concurrency 32 with ResNet-18 at its paper width (width 1.0 instead of
+    the quick profile's 0.25; 32x32 digits): ~16x the FLOPs per image, so the per-request cost of
+    HTTP weighs less. Weights from a one-batch dry run (speed does not depend on them), exported and
+    carded by the real pipeline into a temporary model repository."""
+    import tempfile
+
+    from load_tests import runtime_bench as rb
+    from load_tests import serving as sv
+    from training import pipeline
+
+    tmp = Path(tempfile.mkdtemp(prefix="dlzoo-wide-"))
+    try:
+        pipeline.train("resnet18", profile="dry-run", model_args={"width": 1.0}, models_root=tmp / "models",
+                       runs_root=tmp / "runs", progress=False)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("wide resnet18 export")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    out = {"curve": rb.batch_curve(tmp / "models", ["resnet18"], plan.curve_budget)["resnet18"], "rows": [],
+           "note": "resnet18 width 1.0 (paper width) on 32x32 digits, one-batch dry-run weights, "
+                   "exported by training.pipeline; concurrency 32"}
+    for server, label, metrics in (
+            (common.ours(tmp / "models"), "dlzoo batching on", True),
+            (common.naive(tmp / "models", tmp / "runs", ["resnet18"]), "naive FastAPI+PyTorch", False),
+            (common.litserve(tmp / "models", ["resnet18"], max_batch=64, batch_timeout=0.005), "LitServe+ORT", False)):
+        try:
+            with server:
+                prime(server, label, ["resnet18"], pngs, max(plan.prime, 3.0))
+                out["rows"] += sv.sweep(server, label, ["resnet18"], pngs, (32,), max(plan.warmup, 1.0),
+                                        max(plan.duration, 4.0), metrics)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("wide %s", label)
+            out["rows"].append({"server": label, "error": str(exc)[-300:]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

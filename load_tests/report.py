@@ -225,7 +225,9 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
     sv = s.get("serving")
     if sv:
         out += ["## 3. Serving `/classify`", "", ml, "",
-                f"Closed loop, {sv['warmup_s']:g} s warm-up then {sv['duration_s']:g} s measured per point; "
+                f"Closed loop, {sv['warmup_s']:g} s warm-up then {sv['duration_s']:g} s measured per point, after "
+                f"{r['plan'].get('prime', 0):g} s of priming per model at 8 clients when a server starts "
+                "(listed under 'Priming'); "
                 f"{sv['load_generator']}. Images: {sv['images']}. Servers: ours (`bentoml serve`, whole zoo, "
                 "one front and one inference worker, ORT 1 thread/session) with adaptive batching on "
                 "(`DLZOO_MAX_BATCH=64`) and off (`DLZOO_MAX_BATCH=1`); the naive baseline "
@@ -260,6 +262,10 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
         for x in sv["rows"]:
             if "throughput" not in x and "model" not in x:
                 out += [f"{x['server']}: {x.get('error', '').strip().splitlines()[-1][:300]}", ""]
+        if sv.get("priming"):
+            out += ["Priming, right after each server started (8 clients, not counted above): "
+                    + "; ".join(f"{x['server']} {x['model']} {x['throughput']:,.0f} req/s, p99 {_f(x['p99_ms'])} ms"
+                                for x in sv["priming"] if x.get("throughput") is not None) + ".", ""]
         out += ["### Serving efficiency", "",
                 "HTTP images/s of ours (batching on) over in-process ORT images/s at the batch size the "
                 "server formed (ORT batch curve measured in this run, sessions as the service opens them).", "",
@@ -278,6 +284,24 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                     "| model | " + " | ".join(str(b) for b in bs) + " |", "|---|" + "---|" * len(bs)]
             for model, c_ in curve.items():
                 out.append(f"| {model} | " + " | ".join(f"{c_.get(str(b), c_.get(b, 0)):,.0f}" for b in bs) + " |")
+        out.append("")
+    w = s.get("serving_wide")
+    if w and w.get("rows"):
+        from load_tests.serving import interpolate_curve
+
+        out += ["### The same at ResNet-18's paper width", "",
+                f"{w['note']}. ORT in process (1 thread): "
+                + ", ".join(f"batch {b}: {v:,.0f} img/s" for b, v in w["curve"].items()) + ".", "",
+                "| server | req/s | p50 ms | p99 ms | errors | batch | server CPU ms/request | efficiency |",
+                "|---|---|---|---|---|---|---|---|"]
+        for x in w["rows"]:
+            if "throughput" not in x:
+                out.append(f"| {x['server']} | error: {x.get('error', '')[-80:]} | | | | | | |")
+                continue
+            eff = (x["throughput"] / interpolate_curve(w["curve"], x["mean_batch"])) if x.get("mean_batch") else None
+            out.append(f"| {x['server']} | {x['throughput']:,.0f} | {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | "
+                       f"{x['errors']} | {_f(x.get('mean_batch'))} | {_cpu(x.get('server_cpu_ms_per_request'))} | "
+                       f"{_f(eff, 2)} |")
         out.append("")
     p = s.get("poisson")
     if p:

@@ -79,3 +79,15 @@ def test_locustfile_loads():
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "ZooUser" in out.stdout, out.stderr[-2000:]
+
+
+def test_load_check_reads_locust_csvs(tmp_path):
+    header = "Type,Name,Request Count,Failure Count,Requests/s,99%\n"
+    (tmp_path / "ok_stats.csv").write_text(header + "POST,/classify,10,0,5,20\n,Aggregated,10,0,5,20\n")
+    (tmp_path / "ok_failures.csv").write_text("Method,Name,Error,Occurrences\n")
+    assert load.check(tmp_path / "ok")[0] == []
+    (tmp_path / "bad_stats.csv").write_text(header + ",Aggregated,10,2,5,20\n")
+    (tmp_path / "bad_failures.csv").write_text("Method,Name,Error,Occurrences\n"
+                                               "POST,/translate,HTTP 503: overloaded,2\n")
+    problems, _ = load.check(tmp_path / "bad")
+    assert problems[0] == "2 of 10 requests failed" and problems[1].startswith("5xx: POST /translate")
