@@ -93,8 +93,10 @@ class Server:
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("bentoml")), "serve", "service.app:DLZoo",
              "--host", "127.0.0.1", "--port", str(self.port)],
+            # A BentoML home of its own: every `bentoml serve` empties its home's Prometheus
+            # directory at start, which would reset the metrics of any other server sharing it.
             cwd=ROOT, env={**os.environ, "DLZOO_MODELS": str(models), "PYTHONPATH": str(ROOT),
-                           **(env or {})},
+                           "BENTOML_HOME": str(models.parent / f"bentoml-{self.port}"), **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
