@@ -159,3 +159,16 @@ def test_torchrun_data_parallel_on_two_cpu_processes(tmp_path):
     card = load_card(tmp_path / "m" / "lenet5" / "1" / "card.json")
     assert card.metrics["epochs_run"] == 2
     assert not (tmp_path / "m" / "lenet5" / "2").exists(), "only rank 0 publishes"
+
+
+def test_the_seed_fixes_the_whole_run_initial_weights_included(tmp_path):
+    """Two runs with the same seed end with the same weights; another seed does not."""
+    def weights(seed: int, where: str) -> dict:
+        pipeline.train("lenet5", profile="dry-run", options={"seed": seed}, models_root=tmp_path / where / "m",
+                       runs_root=tmp_path / where / "r", progress=False)
+        return load_checkpoint(tmp_path / where / "r" / "lenet5" / "best.pt")["model"]
+
+    a, b, c = weights(3, "a"), weights(3, "b"), weights(4, "c")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

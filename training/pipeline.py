@@ -74,6 +74,7 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
     mean = x_train.mean(dim=(0, 2, 3)).tolist()
     std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     num_classes = len(data.labels)
+    torch.manual_seed(cfg.seed)  # the initial weights too: the seed fixes the whole run
     net = recipe.builder(num_classes=num_classes, in_channels=recipe.channels, input_size=size, **model_args)
     model = Normalized(net, mean, std)
     objective = Classification(cfg.loss, num_classes)
