@@ -143,6 +143,7 @@ class Server:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     ready_seconds: float | None = None
+    root: Path = ROOT  # the checkout whose code runs (another revision's worktree for A/B runs)
 
     @property
     def url(self) -> str:
@@ -155,9 +156,9 @@ class Server:
         self.log_path = self.log_path or RESULTS / "logs" / f"{self.name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
-        env = {**os.environ, **QUIET_THREADS, "PYTHONPATH": str(ROOT), **self.env}
+        env = {**os.environ, **QUIET_THREADS, "PYTHONPATH": str(self.root), **self.env}
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

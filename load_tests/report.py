@@ -392,6 +392,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             "make bench QUICK=1         # smoke run, ~3 min",
             "make load DURATION=60s     # locust, every endpoint, fails on any failure or 5xx",
             "python -m load_tests.report load_tests/results/<timestamp>.json   # re-render this file",
+            "python -m load_tests.ab <rev-before> [<rev-after>]   # before/after row for a service change",
             "```", ""]
     return "\n".join(out)
 
