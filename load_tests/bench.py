@@ -225,21 +225,32 @@ def main(argv: list[str] | None = None) -> int:
 
     save()
     chosen = args.sections.split(",")
+    sections = results["sections"]
+
+    def run(name: str, fn) -> None:  # noqa: ANN001
+        """One section; a failure is recorded in the results and the run goes on."""
+        try:
+            out = fn()
+            if out is not None:
+                sections[name] = out
+        except Exception as exc:  # noqa: BLE001
+            log.exception("section %s failed", name)
+            sections.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        save()
+
+    rb = None
     if "runtime" in chosen or "serving" in chosen:
         from load_tests import runtime_bench as rb
-
-        if "runtime" in chosen:
-            results["sections"]["runtime"] = rb.runtime_section(args.models, args.runs, plan.runtime_budget)
-            save()
-        results["sections"]["batch_curve"] = rb.batch_curve(args.models, list(SERVED), plan.curve_budget)
-        save()
+    if "runtime" in chosen:
+        run("runtime", lambda: rb.runtime_section(args.models, args.runs, plan.runtime_budget))
+    if "serving" in chosen:
+        run("batch_curve", lambda: rb.batch_curve(args.models, list(SERVED), plan.curve_budget))
     if "ceiling" in chosen:
         from load_tests import runtime_bench as rb
 
-        results["sections"]["ceiling"] = rb.ceiling_section(plan.ceiling_budget)
-        save()
+        run("ceiling", lambda: rb.ceiling_section(plan.ceiling_budget))
     if "serving" in chosen:
-        serving(results, args, plan, save)
+        run("serving", lambda: serving(results, args, plan, save))
     results["machine"]["load_average_end"] = os.getloadavg()
     save()
     log.info("results: %s (%.0f s)", path, results["elapsed_s"])

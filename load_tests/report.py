@@ -187,6 +187,8 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
         out.append(f"| {t['target']} | {t['measured']} | {met} |")
     out.append("")
+    for name, error in s.get("errors", {}).items():
+        out += [f"> Section `{name}` failed in this run: {error[:300]}", ""]
     if FINDINGS.is_file():
         out += [FINDINGS.read_text().strip(), ""]
 
