@@ -120,6 +120,9 @@ def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
     if sampling.temperature == 0:
         return int(np.argmax(logits))  # the first maximum, as torch.argmax
     z = np.asarray(logits, np.float64) / sampling.temperature
+    if sampling.top_k is None and sampling.top_p >= 1.0:  # no cut: draw in id order, no sort
+        cdf = np.cumsum(np.exp(z - z.max()))
+        return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(z) - 1)
     order = np.argsort(-z, kind="stable")  # most likely first; ties keep the lower id first
     if sampling.top_k is not None:
         order = order[: sampling.top_k]
