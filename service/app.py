@@ -151,7 +151,10 @@ class Inference:
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch, max_latency_ms=SETTINGS.max_latency_ms)
+    # DLZOO_MAX_BATCH=1 turns adaptive batching off: BentoML refuses a batchable API whose largest
+    # batch is 1, so the API is then plain (the front sends one-item lists either way).
+    @bentoml.api(batchable=SETTINGS.max_batch > 1, max_batch_size=max(SETTINGS.max_batch, 2),
+                 max_latency_ms=SETTINGS.max_latency_ms)
     def classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """items: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}."""
         results, calls = classify_items(self.catalog, items)

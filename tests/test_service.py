@@ -286,3 +286,26 @@ def test_cuda_requested_without_gpu_fails_start_up_loudly(model_repo):
         assert ready != 200
     finally:
         srv.stop()
+
+
+def test_max_batch_1_turns_batching_off(model_repo, digits_test_pngs):
+    """DLZOO_MAX_BATCH=1: BentoML refuses a batchable API with batches of 1, so the service declares
+    it plain; concurrent requests are then each their own ONNX call."""
+    from conftest import Server
+
+    srv = Server(model_repo, env={"DLZOO_MAX_BATCH": "1"})
+    try:
+        srv.wait_ready()
+
+        def one(i):
+            with httpx.Client(base_url=srv.url, timeout=60) as c:
+                resp = classify(c, digits_test_pngs[i][0], model="lenet5", top_k=1)
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(48)))
+        assert {a["batch_size"] for a in answers} == {1}
+        assert sum(a["predictions"][0]["label"] == str(digits_test_pngs[i][1]) for i, a in enumerate(answers)) >= 44
+    finally:
+        srv.stop()
