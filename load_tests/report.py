@@ -204,7 +204,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             if "error" in x:
                 out.append(f"| {x['model']} | {x['role']} | – | error: {x['error'][:80]} | | | | |")
                 continue
-            sources.add(f"{x['model']}: {x['weights']}")
+            sources.add(f"{x['model']}: {x['weights'].replace(str(ROOT) + '/', '')}")
             out.append(f"| {x['model']} | {x['role']} | {x['batch']} | {x['ort_ms']:.3f} | {x['torch_ms']:.3f} | "
                        f"{x['ort_items_per_s']:,.0f} | {x['torch_items_per_s']:,.0f} | {x['speedup']:.2f}x |")
         out += ["", "Weights: " + "; ".join(sorted(sources)) + ".", ""]
