@@ -255,6 +255,8 @@ def _png_upload(client, route, data: bytes, **fields):
     ("/interpolate", {"steps": 33}, 400, ["steps", "from 2 to 32"]),
     ("/interpolate", {"scale": 0}, 400, ["scale", "from 1 to 8"]),
     ("/interpolate", {"method": "cubic"}, 400, ["method", "'lerp' or 'slerp'"]),
+    ("/sample", {"cuont": 3}, 400, ["cuont", "Extra inputs are not permitted"]),
+    ("/interpolate", {"seed": 3}, 400, ["seed", "Extra inputs are not permitted"]),
 ])
 def test_json_endpoint_errors_name_the_problem(gclient, route, body, status, words):
     resp = gclient.post(route, json=body)
