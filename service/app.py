@@ -576,6 +576,152 @@ class DLZoo:
                                  "images": gen.to_lists(out["images"]), "latents": out["latents"].tolist()})
         return await self._png(out, r.steps, r.scale)
 
+    # --- language models and seq2seq -----------------------------------------------------------
+    # The front validates (pydantic for fields, the cards for model, task and vocabulary size) and
+    # relays to Inference, whose shared-step loop generates. Inference answers JSON lines; the front
+    # turns them into the response: one JSON object, or Server-Sent Events.
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, **request: Any) -> dict[str, Any]:
+        """Continue a prompt with a character language model: {text, tokens, finish_reason, ...}."""
+        start, events, close = await self._generation(request, tokens=False)
+        try:
+            async for chunk in events:
+                for event in chunk:
+                    if event["event"] == "error":
+                        raise error_for_status(event["status"], event["detail"])
+                    if event["event"] == "done":
+                        return {**{k: start[k] for k in ("model", "version", "provider", "seed", "unknown_chars")},
+                                "text": event["text"], "tokens": event["tokens"],
+                                "finish_reason": event["finish_reason"], "timings_ms": event["timings_ms"]}
+        finally:
+            await close()
+        raise error_for_status(502, "the inference service ended the generation without an answer")
+
+    @bentoml.api(route="/generate_stream", input_spec=GenerateRequest)
+    async def generate_stream(self, **request: Any) -> Annotated[str, ContentType("text/event-stream")]:
+        """The same generation as Server-Sent Events: ``event: start`` (model, seed, unknown_chars),
+        one ``data: {text, index}`` per token as soon as it exists, then ``event: done``
+        (finish_reason, tokens, timings_ms) or ``event: error`` (status, detail). Request errors
+        are answered with a 4xx before the stream starts."""
+        start, events, close = await self._generation(request, tokens=True)
+
+        async def sse() -> AsyncIterator[str]:
+            finished = False
+            try:
+                yield _sse({k: v for k, v in start.items() if k not in ("event", "id")}, "start")
+                async for chunk in events:
+                    out = []
+                    for event in chunk:
+                        kind = event.pop("event")
+                        event.pop("id", None)
+                        if kind != "token":
+                            finished = True
+                            out.append(_sse(event, kind))
+                        elif event["text"]:
+                            out.append(_sse(event))
+                    yield "".join(out)  # one write for the tokens that arrived together
+                if not finished:
+                    yield _sse({"status": 502, "detail": "the inference service ended the stream early"}, "error")
+            except Exception:  # noqa: BLE001 - after the first byte the status is sent: say it in the stream
+                log.exception("generation stream failed")
+                yield _sse({"status": 500, "detail": "generation failed; see the server log"}, "error")
+            finally:
+                # A client gone: starlette cancels this task; the shield lets the clean-up finish.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await close()
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Seed": str(start["seed"]),
+                   "X-Model": f"{start['model']}@{start['version']}"}
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    async def _generation(self, request: dict[str, Any], tokens: bool):  # noqa: ANN202
+        """Start a generation: (start event, lists of its later events up to done/error, close).
+
+        ``close()`` cancels the generation if it has not ended (a client gone). Request errors
+        raise their 4xx here, before any answer has begun."""
+        entry = self.catalog.resolve(request["model"], textgen.LM_TASKS)
+        vocab = len(entry.card.vocab.tokens)
+        if request["top_k"] is not None and request["top_k"] > vocab:
+            raise BadRequest(f"top_k: must be an integer from 1 to {vocab} (the vocabulary of {entry.ref}), "
+                             f"got {request['top_k']}")
+        request = {**request, "model": entry.ref, "tokens": tokens}
+        if SETTINGS.inference_workers == 1:
+            relay = await self._relay()
+            stream_id = secrets.token_hex(8)
+            queue = relay.listen(stream_id)
+            try:
+                start = await self.inference.to_async.start_generation(channel=relay.id, stream_id=stream_id,
+                                                                       **request)
+                if "error" in start:
+                    raise error_for_status(start["status"], start["error"])
+            except BaseException:
+                relay.forget(stream_id)
+                raise
+            events = relay.events(stream_id, queue)
+        else:
+            events = self._own_stream(request)
+            first, *rest = await anext(events)
+            if first["event"] == "error":
+                await events.aclose()
+                raise error_for_status(first["status"], first["detail"])
+            start, events = first, _prepend(rest, events)
+        ended = False
+
+        async def until_end() -> AsyncIterator[list[dict[str, Any]]]:
+            nonlocal ended
+            async for chunk in events:
+                ended = any(e["event"] in ("done", "error") for e in chunk)
+                yield chunk
+                if ended:
+                    return
+
+        async def close() -> None:
+            await events.aclose()
+            if not ended:
+                await self.inference.to_async.cancel_generation(stream_id=start["id"])
+
+        return start, until_end(), close
+
+    async def _relay(self) -> Relay:
+        """This worker's generation channel to Inference, opened on first use and after a loss."""
+        async with self._relay_lock:
+            if self._relay_channel is None or self._relay_channel.closed:
+                self._relay_channel = await Relay.open(self.inference)
+            return self._relay_channel
+
+    async def _own_stream(self, request: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """A generation on a stream of its own (several Inference workers): its JSON lines, in lists."""
+        lines = self.inference.to_async.generate_events(**request)
+        try:
+            async for events in _json_lines(lines):
+                yield events
+        finally:
+            await lines.aclose()
+
+    @bentoml.api(route="/translate", input_spec=TranslateRequest)
+    async def translate(self, **request: Any) -> dict[str, Any]:
+        """Seq2seq (date normalization): {output, score, candidates: [{text, log_prob, complete}]}.
+
+        ``beam_width`` 1 is greedy decoding; wider beams return candidates best first (complete
+        ones, ending in end-of-sequence, before cut-off ones), and the best is never worse than
+        greedy's. Characters outside the vocabulary are read as unknown and listed."""
+        entry = self.catalog.resolve(request["model"], textgen.SEQ2SEQ_TASKS)
+        beam_width = request["beam_width"]
+        num_return = beam_width if request["num_return"] is None else request["num_return"]
+        if num_return > beam_width:
+            raise BadRequest(f"num_return: must be an integer from 1 to beam_width ({beam_width}), got {num_return}")
+        limit = int(entry.card.training.get("max_source_len", textgen.MAX_TRANSLATE_CHARS))
+        if len(request["text"]) > limit:
+            raise BadRequest(f"text: must be 1 to {limit} characters for {entry.ref} (its card's "
+                             f"max_source_len), got {len(request['text'])}")
+        out = await self.inference.to_async.translate(model=entry.ref, text=request["text"],
+                                                       beam_width=beam_width, num_return=num_return,
+                                                       max_length=request["max_length"])
+        if "error" in out:
+            raise error_for_status(out["status"], out["error"])
+        return out
+
     @staticmethod
     async def _generated(call) -> dict[str, Any]:  # noqa: ANN001
         out = await call
