@@ -194,6 +194,7 @@ def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
                    "exported by training.pipeline; concurrency 32"}
     for server, label, metrics in (
             (common.ours(tmp / "models"), "dlzoo batching on", True),
+            (common.ours(tmp / "models", {"DLZOO_MAX_BATCH": "1"}), "dlzoo batching off", True),
             (common.naive(tmp / "models", tmp / "runs", ["resnet18"]), "naive FastAPI+PyTorch", False),
             (common.litserve(tmp / "models", ["resnet18"], max_batch=64, batch_timeout=0.005), "LitServe+ORT", False)):
         try:
