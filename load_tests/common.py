@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,9 @@ class Server:
                 proc.wait()
         if getattr(self, "_log", None) is not None:
             self._log.close()
+        home = self.env.get("BENTOML_HOME", "")
+        if "dlzoo-bench-bentoml-" in home:  # the private home ours() made
+            shutil.rmtree(home, ignore_errors=True)
 
     def __enter__(self) -> Server:
         return self.start()
@@ -205,9 +209,15 @@ def bin_path(name: str) -> str:
 
 
 def ours(models: Path, env: dict[str, str] | None = None, name: str = "dlzoo") -> Server:
-    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo)."""
+    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo), with a BentoML home of its
+    own: every ``bentoml serve`` empties its home's Prometheus folder at start, which would reset the
+    ``/metrics`` of any other server on the machine sharing it (and theirs ours)."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="dlzoo-bench-bentoml-")
     return Server(name, [bin_path("bentoml"), "serve", "service.app:DLZoo", "--host", "127.0.0.1",
-                         "--port", "{port}"], env={"DLZOO_MODELS": str(models), **(env or {})})
+                         "--port", "{port}"],
+                  env={"DLZOO_MODELS": str(models), "BENTOML_HOME": home, **(env or {})})
 
 
 def naive(models: Path, runs: Path, names: list[str]) -> Server:
