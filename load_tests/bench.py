@@ -48,13 +48,16 @@ class Plan:
     extra_cold_starts: int
     prime: float  # seconds at 8 clients per model right after a server starts, not counted
     wide_duration: float  # seconds measured per server for ResNet-18 at paper width (after priming)
+    matmul_sizes: tuple[int, ...] = (1024, 2048, 4096)
+    ceiling_passes: int = 2
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
             return cls(runtime_budget=0.15, curve_budget=0.5, ceiling_budget=2.0, concurrencies=(1, 8, 32, 64),
                        warmup=0.5, duration=1.5, poisson_fractions=(0.4, 0.7, 0.9), poisson_duration=2.5,
-                       extra_cold_starts=0, prime=1.5, wide_duration=2.5)
+                       extra_cold_starts=0, prime=1.5, wide_duration=2.5, matmul_sizes=(1024, 2048),
+                       ceiling_passes=1)
         return cls(runtime_budget=2.0, curve_budget=4.0, ceiling_budget=20.0, concurrencies=(1, 8, 32, 64),
                    warmup=3.0, duration=12.0, poisson_fractions=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
                    poisson_duration=10.0, extra_cold_starts=1, prime=4.0, wide_duration=12.0)
@@ -250,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ceiling" in chosen:
         from load_tests import runtime_bench as rb
 
-        run("ceiling", lambda: rb.ceiling_section(plan.ceiling_budget))
+        run("ceiling", lambda: rb.ceiling_section(plan.ceiling_budget, plan.matmul_sizes,
+                                                  passes=plan.ceiling_passes))
     if "serving" in chosen:
         run("serving", lambda: serving(results, args, plan, save))
     results["machine"]["load_average_end"] = os.getloadavg()
