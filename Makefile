@@ -53,7 +53,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[train,serve,dev,bench]"
 	rm -f $(VENV)/.bench-installed-* && touch $@
 
-bench: models-if-missing $(BENCH_STAMP)  ## load_tests/results/<timestamp>.json, plots, BENCHMARKS.md (~20 min; QUICK=1: ~3 min)
+bench: models-if-missing $(BENCH_STAMP)  ## load_tests/results/<timestamp>.json, plots, BENCHMARKS.md (~15-17 min; QUICK=1: ~3-4 min)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m load_tests.bench $(if $(QUICK),--quick)
 
 load: models-if-missing $(BENCH_STAMP)  ## locust, every endpoint, DURATION=60s USERS=16; fails on any failure or 5xx

@@ -1,7 +1,7 @@
 """``make bench``: every measurement of issue #7, one command, one results file, one report.
 
-    python -m load_tests.bench            # the full run (~15-20 min on 2 cores; run it on a quiet machine)
-    python -m load_tests.bench --quick    # the same sections, short measurements (~3 min): a smoke run
+    python -m load_tests.bench            # the full run (~15-17 min on 2 cores; run it on a quiet machine)
+    python -m load_tests.bench --quick    # the same sections, short measurements (~3-4 min): a smoke run
 
 Writes ``load_tests/results/<UTC timestamp>.json`` (after every section, so a crash keeps what was
 measured), the plots ``load_tests/results/<timestamp>-*.png``, and regenerates ``BENCHMARKS.md``

@@ -398,8 +398,8 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             out += [f"Dates through `/translate`: not available ({d.get('reason', 'not measured')}).", ""]
 
     out += ["## Reproduce", "", "```bash",
-            "make bench                 # full run: ~15-20 min; results/<timestamp>.json, plots, this file",
-            "make bench QUICK=1         # smoke run, ~3 min",
+            "make bench                 # full run: ~15-17 min; results/<timestamp>.json, plots, this file",
+            "make bench QUICK=1         # smoke run, ~3-4 min",
             "make load DURATION=60s     # locust, every endpoint, fails on any failure or 5xx",
             "python -m load_tests.report load_tests/results/<timestamp>.json   # re-render this file",
             "python -m load_tests.ab <rev-before> [<rev-after>]   # before/after row for a service change",
