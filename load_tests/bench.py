@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -182,19 +183,28 @@ def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
     import tempfile
 
     from load_tests import runtime_bench as rb
-    from load_tests import serving as sv
     from training import pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="dlzoo-wide-"))
     try:
-        pipeline.train("resnet18", profile="dry-run", model_args={"width": 1.0}, models_root=tmp / "models",
-                       runs_root=tmp / "runs", progress=False)
-    except Exception as exc:  # noqa: BLE001
-        log.exception("wide resnet18 export")
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    out = {"curve": rb.batch_curve(tmp / "models", ["resnet18"], plan.curve_budget)["resnet18"], "rows": [],
-           "note": "resnet18 width 1.0 (paper width) on 32x32 digits, one-batch dry-run weights, "
-                   "exported by training.pipeline; concurrency 32"}
+        try:
+            pipeline.train("resnet18", profile="dry-run", model_args={"width": 1.0}, models_root=tmp / "models",
+                           runs_root=tmp / "runs", progress=False)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("wide resnet18 export")
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"curve": rb.batch_curve(tmp / "models", ["resnet18"], plan.curve_budget)["resnet18"],
+                "rows": _wide_rows(tmp, plan, pngs),
+                "note": "resnet18 width 1.0 (paper width) on 32x32 digits, one-batch dry-run weights, "
+                        "exported by training.pipeline; concurrency 32"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ~250 MB of graph and checkpoints
+
+
+def _wide_rows(tmp: Path, plan: Plan, pngs) -> list[dict]:
+    from load_tests import serving as sv
+
+    rows: list[dict] = []
     for server, label, metrics in (
             (common.ours(tmp / "models"), "dlzoo batching on", True),
             (common.ours(tmp / "models", {"DLZOO_MAX_BATCH": "1"}), "dlzoo batching off", True),
@@ -203,12 +213,12 @@ def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
         try:
             with server:
                 prime(server, label, ["resnet18"], pngs, max(plan.prime, 2.0))  # ~13 ms per image: longer
-                out["rows"] += sv.sweep(server, label, ["resnet18"], pngs, (32,), max(plan.warmup, 1.0),
-                                        plan.wide_duration, metrics)
+                rows += sv.sweep(server, label, ["resnet18"], pngs, (32,), max(plan.warmup, 1.0),
+                                 plan.wide_duration, metrics)
         except Exception as exc:  # noqa: BLE001
             log.exception("wide %s", label)
-            out["rows"].append({"server": label, "error": str(exc)[-300:]})
-    return out
+            rows.append({"server": label, "error": str(exc)[-300:]})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,16 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             sections.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
         save()
 
-    rb = None
-    if "runtime" in chosen or "serving" in chosen:
-        from load_tests import runtime_bench as rb
+    from load_tests import runtime_bench as rb  # torch: after OMP_WAIT_POLICY is set
+
     if "runtime" in chosen:
         run("runtime", lambda: rb.runtime_section(args.models, args.runs, plan.runtime_budget))
     if "serving" in chosen:
         run("batch_curve", lambda: rb.batch_curve(args.models, list(SERVED), plan.curve_budget))
     if "ceiling" in chosen:
-        from load_tests import runtime_bench as rb
-
         run("ceiling", lambda: rb.ceiling_section(plan.ceiling_budget, plan.matmul_sizes,
                                                   passes=plan.ceiling_passes))
     if "serving" in chosen:

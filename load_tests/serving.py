@@ -14,7 +14,6 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from load_tests import common
 
