@@ -59,6 +59,9 @@ GEN_TOKENS = bentoml.metrics.Counter(
 GEN_ENDED = bentoml.metrics.Counter(
     name="dlzoo_generations", documentation="generations ended, by reason (length, stop, error, cancelled)",
     labelnames=["model", "reason"])
+GEN_CHANNELS = bentoml.metrics.Gauge(
+    name="dlzoo_generation_channels", documentation="generation channels open (one per front worker, two while one is replaced)",
+    multiprocess_mode="livesum")
 FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
     name="dlzoo_time_to_first_token_seconds", documentation="from a generation's arrival to its first token",
     labelnames=["model"], buckets=_BUCKETS)
@@ -155,7 +158,10 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 @bentoml.service(
     name="dlzoo-inference",
     workers=SETTINGS.inference_workers,
-    traffic={"timeout": 60},
+    # BentoML gives its client of this service the same timeout for a whole call, body included,
+    # which would end a generation channel after it; calls from the front are still bounded by
+    # the front's own 60 s, which cancels them. Channels are replaced long before (DLZOO_CHANNEL_SECONDS).
+    traffic={"timeout": 3600},
     # The front keeps one connection pool to this service; BentoML's client recycles it after 100
     # requests or 300 s by default, which fails requests in flight under load.
     runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9},
@@ -304,6 +310,7 @@ class Inference:
         10 s without events. Closing it cancels its unfinished generations."""
         channel = textgen.Channel()
         self.channels[channel.id] = channel
+        GEN_CHANNELS.inc()
         try:
             yield _line(event="channel", id=channel.id)
             async for items in channel.batches(idle=10.0):
@@ -311,9 +318,19 @@ class Inference:
                          for line in self._event_lines(stream, event, self.wants_tokens.get(stream.id, True))]
                 yield "".join(lines) or _line(event="ping")
         finally:
+            GEN_CHANNELS.dec()
             self.channels.pop(channel.id, None)
             for stream in list(channel.streams.values()):
                 self._ended(stream)
+
+    @bentoml.api
+    async def close_channel(self, channel: str) -> bool:
+        """End a channel's stream (the front retires it); its unfinished generations are cancelled.
+        Closing the stream from the front's side does not reach here (see cancel_generation)."""
+        sink = self.channels.get(channel)
+        if sink is not None:
+            sink.close()
+        return sink is not None
 
     @bentoml.api
     async def start_generation(self, channel: str, stream_id: str, model: str, prompt: str,
@@ -415,16 +432,36 @@ class Relay:
     """The front's end of a generation channel: reads Inference's ``generation_channel`` in a
     background task and hands each generation its events (in lists, as they arrived)."""
 
+    MAX_AGE = SETTINGS.channel_seconds  # then new generations start on a new channel
+
     def __init__(self) -> None:
         self.id: str | None = None
         self.closed = False
+        self.retiring = False  # takes no new generations; closes after its last one
+        self.opened = time.monotonic()
         self.queues: dict[str, asyncio.Queue] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closer: asyncio.Task | None = None
+        self._inference = None  # BentoML's client of the Inference service
+
+    def retire(self) -> None:
+        self.retiring = True
+        if not self.queues:
+            self.close()
+
+    def close(self) -> None:
+        """End the channel (Inference cancels any generation still on it); the reader ends when
+        Inference ends the stream."""
+        self.retiring = True
+        if self.id is not None and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(
+                self._inference.to_async.close_channel(channel=self.id), name="dlzoo-relay-close")
 
     @classmethod
     async def open(cls, inference) -> Relay:  # noqa: ANN001 - BentoML's client of the Inference service
         relay = cls()
+        relay._inference = inference
         relay._task = asyncio.get_running_loop().create_task(relay._read(inference), name="dlzoo-relay")
         with anyio.move_on_after(30):
             await relay._ready.wait()
@@ -440,6 +477,8 @@ class Relay:
 
     def forget(self, stream_id: str) -> None:
         self.queues.pop(stream_id, None)
+        if self.retiring and not self.queues:
+            self.close()
 
     async def events(self, stream_id: str, queue: asyncio.Queue) -> AsyncIterator[list[dict[str, Any]]]:
         try:
@@ -686,9 +725,12 @@ class DLZoo:
     async def _relay(self) -> Relay:
         """This worker's generation channel to Inference, opened on first use and after a loss."""
         async with self._relay_lock:
-            if self._relay_channel is None or self._relay_channel.closed:
-                self._relay_channel = await Relay.open(self.inference)
-            return self._relay_channel
+            relay = self._relay_channel
+            if relay is not None and not relay.closed and time.monotonic() - relay.opened > Relay.MAX_AGE:
+                relay.retire()  # the generations on it finish there
+            if relay is None or relay.closed or relay.retiring:
+                self._relay_channel = relay = await Relay.open(self.inference)
+            return relay
 
     async def _own_stream(self, request: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
         """A generation on a stream of its own (several Inference workers): its JSON lines, in lists."""

@@ -373,11 +373,15 @@ class Channel:
 
     def __init__(self) -> None:
         self.id = secrets.token_hex(8)
-        self.queue: asyncio.Queue[list[tuple[Stream, Event]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[list[tuple[Stream, Event]] | None] = asyncio.Queue()  # None: closed
         self.streams: dict[str, Stream] = {}  # the unfinished streams delivering here
 
     def put(self, items: list[tuple[Stream, Event]]) -> None:
         self.queue.put_nowait(items)
+
+    def close(self) -> None:
+        """End :meth:`batches` once what was delivered before has been read."""
+        self.queue.put_nowait(None)
 
     async def batches(self, idle: float) -> AsyncIterator[list[tuple[Stream, Event]]]:
         """Everything delivered since the last batch; an empty batch after ``idle`` seconds
@@ -388,12 +392,19 @@ class Channel:
             except asyncio.TimeoutError:
                 yield []
                 continue
+            closed = items is None
+            items = items or []
             while not self.queue.empty():
-                items = items + self.queue.get_nowait()
+                more = self.queue.get_nowait()
+                closed = closed or more is None
+                items = items + (more or [])
             for stream, event in items:
                 if event.finish_reason is not None:
                     self.streams.pop(stream.id, None)
-            yield items
+            if items:
+                yield items
+            if closed:
+                return
 
 
 # --- seq2seq ------------------------------------------------------------------------------------

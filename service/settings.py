@@ -10,6 +10,7 @@
 | DLZOO_FRONT_WORKERS | 1 | HTTP worker processes (decode, preprocess) |
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
 | DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
+| DLZOO_CHANNEL_SECONDS | 600 | a front worker's generation channel takes new generations this long, then a new one does |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
 """
 
@@ -35,6 +36,20 @@ def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: 
     return value
 
 
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    """A number variable (unset or empty: ``default``); a bad value names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number >= {minimum}; got {raw!r}") from None
+    if not value >= minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}; got {value}")
+    return value
+
+
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -56,6 +71,7 @@ class Settings:
     front_workers: int
     inference_workers: int
     max_streams: int = 64
+    channel_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -68,4 +84,5 @@ class Settings:
             front_workers=env_int(env, "DLZOO_FRONT_WORKERS", 1),
             inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
+            channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
         )

@@ -345,7 +345,7 @@ def sse_events(lines) -> list[tuple[str, dict]]:
 def metric(http, name: str, **labels) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in http.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and want in line:
+        if (line.startswith(f"{name}{{") and want in line) or (not labels and line.startswith(f"{name} ")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -501,5 +501,34 @@ def test_http_with_two_inference_workers_each_generation_streams_on_its_own(seq_
             assert streamed == c.post("/generate", json={**request, "temperature": 0.7, "seed": 5}).json()["text"]
             assert c.post("/generate", json={"model": "seq2seq"}).status_code == 400
             assert c.post("/generate_stream", json={"model": "nope"}).status_code == 404
+    finally:
+        srv.stop()
+
+
+def test_http_generation_channel_is_replaced_and_the_old_one_drains(seq_repo):
+    """DLZOO_CHANNEL_SECONDS=0.3: a generation that outlives its channel's turn finishes on it while
+    a newer generation starts on a new channel; the old channel closes after its last generation."""
+    srv = Server(seq_repo / "models", env={"DLZOO_CHANNEL_SECONDS": "0.3"})
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=60) as c, httpx.Client(base_url=srv.url, timeout=60) as s:
+            # 2,000 prompt characters and 2,000 tokens: 4,000 steps, over a second on this machine
+            request = {"model": "lstm", "prompt": "The " * 500, "max_new_tokens": 2000, "temperature": 0}
+            with s.stream("POST", "/generate_stream", json=request) as r:
+                lines = r.iter_lines()
+                assert next(lines).startswith("event: start") and next(lines).startswith("data:")
+                assert metric(c, "dlzoo_generation_channels") == 1.0
+                time.sleep(0.4)  # past the channel's turn, while the long generation runs
+                assert c.post("/generate", json={**request, "prompt": "", "max_new_tokens": 5}).status_code == 200
+                assert metric(c, "dlzoo_generation_streams", model="lstm@1") == 1.0, "the long one still runs"
+                assert metric(c, "dlzoo_generation_channels") == 2.0, "the old channel serves its generation"
+                events = sse_events(lines)
+            assert events[-1][0] == "done" and events[-1][1]["tokens"] == 2000
+            whole = c.post("/generate", json=request).json()["text"]
+            assert "".join(d["text"] for k, d in events if k == "message") == whole
+            deadline = time.monotonic() + 10
+            while metric(c, "dlzoo_generation_channels") != 1.0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert metric(c, "dlzoo_generation_channels") == 1.0, "the old channels closed after their last"
     finally:
         srv.stop()
