@@ -99,6 +99,18 @@ class Server:
                            "BENTOML_HOME": str(models.parent / f"bentoml-{self.port}"), **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def __enter__(self) -> Server:
+        """``with Server(...) as srv``: started and ready inside, stopped after (also on failure)."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -130,12 +142,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(model_repo):
-    srv = Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000"})
-    try:
-        srv.wait_ready()
+    with Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -317,12 +317,8 @@ def test_beam_search_finds_what_greedy_misses_on_a_made_up_distribution():
 
 @pytest.fixture(scope="module")
 def seq_server(seq_repo):
-    srv = Server(seq_repo / "models")
-    try:
-        srv.wait_ready()
+    with Server(seq_repo / "models") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -486,9 +482,7 @@ def test_http_bad_requests_get_4xx_naming_the_field(http, path, body, status, wo
 def test_http_with_two_inference_workers_each_generation_streams_on_its_own(seq_repo, catalog):
     """With several Inference workers a generation cannot rely on the front's channel (BentoML
     spreads calls over the workers), so each has a stream of its own: same answers, same errors."""
-    srv = Server(seq_repo / "models", env={"DLZOO_INFERENCE_WORKERS": "2"})
-    try:
-        srv.wait_ready()
+    with Server(seq_repo / "models", env={"DLZOO_INFERENCE_WORKERS": "2"}) as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             request = {"model": "gru", "prompt": "The ", "max_new_tokens": 60, "temperature": 0}
             body = c.post("/generate", json=request).json()
@@ -501,16 +495,12 @@ def test_http_with_two_inference_workers_each_generation_streams_on_its_own(seq_
             assert streamed == c.post("/generate", json={**request, "temperature": 0.7, "seed": 5}).json()["text"]
             assert c.post("/generate", json={"model": "seq2seq"}).status_code == 400
             assert c.post("/generate_stream", json={"model": "nope"}).status_code == 404
-    finally:
-        srv.stop()
 
 
 def test_http_generation_channel_is_replaced_and_the_old_one_drains(seq_repo):
     """DLZOO_CHANNEL_SECONDS=0.3: a generation that outlives its channel's turn finishes on it while
     a newer generation starts on a new channel; the old channel closes after its last generation."""
-    srv = Server(seq_repo / "models", env={"DLZOO_CHANNEL_SECONDS": "0.3"})
-    try:
-        srv.wait_ready()
+    with Server(seq_repo / "models", env={"DLZOO_CHANNEL_SECONDS": "0.3"}) as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as c, httpx.Client(base_url=srv.url, timeout=60) as s:
             # 2,000 prompt characters and 2,000 tokens: 4,000 steps, over a second on this machine
             request = {"model": "lstm", "prompt": "The " * 500, "max_new_tokens": 2000, "temperature": 0}
@@ -530,5 +520,3 @@ def test_http_generation_channel_is_replaced_and_the_old_one_drains(seq_repo):
             while metric(c, "dlzoo_generation_channels") != 1.0 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert metric(c, "dlzoo_generation_channels") == 1.0, "the old channels closed after their last"
-    finally:
-        srv.stop()

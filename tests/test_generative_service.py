@@ -143,13 +143,8 @@ def test_png_grid_and_lists():
 
 @pytest.fixture(scope="module")
 def gclient(gen_repo):
-    srv = Server(gen_repo)
-    try:
-        srv.wait_ready()
-        with httpx.Client(base_url=srv.url, timeout=60) as c:
-            yield c
-    finally:
-        srv.stop()
+    with Server(gen_repo) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
 
 
 def error_text(resp) -> str:

@@ -293,9 +293,7 @@ def test_max_batch_1_turns_batching_off(model_repo, digits_test_pngs):
     it plain; concurrent requests are then each their own ONNX call."""
     from conftest import Server
 
-    srv = Server(model_repo, env={"DLZOO_MAX_BATCH": "1"})
-    try:
-        srv.wait_ready()
+    with Server(model_repo, env={"DLZOO_MAX_BATCH": "1"}) as srv:
 
         def one(i):
             with httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -307,5 +305,3 @@ def test_max_batch_1_turns_batching_off(model_repo, digits_test_pngs):
             answers = list(pool.map(one, range(48)))
         assert {a["batch_size"] for a in answers} == {1}
         assert sum(a["predictions"][0]["label"] == str(digits_test_pngs[i][1]) for i, a in enumerate(answers)) >= 44
-    finally:
-        srv.stop()
