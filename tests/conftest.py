@@ -90,13 +90,14 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(models.parent / f"server-{self.port}.log", "w+")
+        self.home = str(models.parent / f"bentoml-{self.port}")
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("bentoml")), "serve", "service.app:DLZoo",
              "--host", "127.0.0.1", "--port", str(self.port)],
             # A BentoML home of its own: every `bentoml serve` empties its home's Prometheus
             # directory at start, which would reset the metrics of any other server sharing it.
             cwd=ROOT, env={**os.environ, "DLZOO_MODELS": str(models), "PYTHONPATH": str(ROOT),
-                           "BENTOML_HOME": str(models.parent / f"bentoml-{self.port}"), **(env or {})},
+                           "BENTOML_HOME": self.home, **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def __enter__(self) -> Server:
@@ -137,6 +138,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # A worker BentoML's supervisor restarts while stopping (the failing-CUDA test) can land in
+        # a process group of its own and outlive the group: find leftovers by this server's home.
+        import psutil
+
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("BENTOML_HOME") == self.home:
+                    proc.kill()
+            except psutil.Error:
+                pass
         self.log.close()
 
 
