@@ -4,10 +4,9 @@ Two services in one ``bentoml serve``:
 
 - ``DLZoo`` (the HTTP front, ``service.app:DLZoo``): validates requests, decodes and preprocesses
   uploads (CPU work that scales with front workers), answers errors as 4xx.
-- ``Inference``: owns the ONNX Runtime sessions. Its ``classify_batch`` is a batchable API, so
-  BentoML's adaptive batching groups concurrent requests (possibly for different models) into one
-  call; the method groups them by model and runs one ONNX call per group. A batchable API takes one
-  argument, so each item carries its own options (model, top_k).
+- ``Inference``: owns the ONNX Runtime sessions. Its ``classify`` joins concurrent requests
+  (possibly for different models) into batches (service/batching.py); a batch runs one ONNX call
+  per model. Language models generate here too, in one shared-step loop per model.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from service import generation as textgen
 from service import generative as gen
 from service import imaging, uploads
 from service.catalog import Catalog
+from service.batching import Batcher, Overloaded
 from service.classify import classify_items
 from service.errors import BadRequest, ClientError, PayloadTooLarge, Unprocessable, error_for_status
 from service.runtime import RuntimeConfig
@@ -172,6 +172,8 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 class Inference:
     def __init__(self) -> None:
         self.catalog = Catalog(SETTINGS.models, runtime=RuntimeConfig.from_env())
+        self.batcher = Batcher(self._classify_batch, max_batch=SETTINGS.max_batch,
+                               max_wait=SETTINGS.max_latency_ms / 1e3, name="classify")
         self.schedulers: dict[str, textgen.StepScheduler] = {}  # model ref -> its shared-step loop
         self.streams: dict[str, tuple[textgen.StepScheduler, textgen.Stream]] = {}  # id -> in progress
         self.channels: dict[str, textgen.Channel] = {}
@@ -180,12 +182,18 @@ class Inference:
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
 
-    # DLZOO_MAX_BATCH=1 turns adaptive batching off: BentoML refuses a batchable API whose largest
-    # batch is 1, so the API is then plain (the front sends one-item lists either way).
-    @bentoml.api(batchable=SETTINGS.max_batch > 1, max_batch_size=max(SETTINGS.max_batch, 2),
-                 max_latency_ms=SETTINGS.max_latency_ms)
-    def classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """items: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}."""
+    @bentoml.api
+    async def classify(self, item: dict[str, Any]) -> dict[str, Any]:
+        """item: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}.
+
+        Joins the next batch of the continuous batcher (service/batching.py: deliberately not
+        BentoML's adaptive batching; the module says why). A batch may mix models."""
+        try:
+            return await self.batcher.submit(item)
+        except Overloaded as exc:
+            return {"error": f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)", "status": 503}
+
+    def _classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results, calls = classify_items(self.catalog, items)
         for call in calls:
             INFERENCE_SECONDS.labels(model=call.model, provider=call.provider).observe(call.seconds)
@@ -203,7 +211,7 @@ class Inference:
 
     # Generative APIs (service/generative.py): not batchable, a request is already one ONNX call for
     # all its images. They answer raw arrays; the front renders PNG/JSON (CPU work off this process).
-    # A client error comes back as {error, status} like classify_batch's, for the front to raise.
+    # A client error comes back as {error, status} like classify's, for the front to raise.
     @bentoml.api
     def sample(self, model: str, count: int, seed: int | None = None) -> dict[str, Any]:
         return self._generate(model, gen.GENERATIVE_TASKS, lambda e: gen.sample(e, count, seed))
@@ -551,8 +559,8 @@ class DLZoo:
         t0 = time.perf_counter()
         pixels = await anyio.to_thread.run_sync(self._prepare, image, card.preprocess)
         preprocess = time.perf_counter() - t0
-        [result] = await self.inference.to_async.classify_batch(
-            [{"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()}])
+        result = await self.inference.to_async.classify(
+            item={"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()})
         if "error" in result:
             raise error_for_status(result["status"], result["error"])
         STAGE_SECONDS.labels(model=entry.ref, provider=result["provider"], stage="preprocess").observe(preprocess)

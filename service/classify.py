@@ -1,8 +1,8 @@
 """Classification of a batch that may mix models: one ONNX call per model, top-k per item.
 
-Plain numpy over the catalog's sessions, no HTTP: the batchable endpoint in app.py hands BentoML's
+Plain numpy over the catalog's sessions, no HTTP: the batcher (service/batching.py) hands its
 batches here. A bad item gets an error result (status + message) instead of failing its batch,
-because BentoML hands an exception raised for a batch to every request in it.
+since an exception raised for a batch would reach every request in it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 | DLZOO_MODELS | models | the model repository |
 | DLZOO_MAX_UPLOAD_BYTES | 10000000 | largest image upload (413 above) |
 | DLZOO_MAX_PIXELS | 40000000 | largest image in pixels, checked before decoding (413 above) |
-| DLZOO_MAX_BATCH | 64 | adaptive batching: most items in one batch (1 turns batching off) |
-| DLZOO_MAX_LATENCY_MS | 10000 | adaptive batching: a request that BentoML expects to wait longer is refused (503) |
+| DLZOO_MAX_BATCH | 64 | classification: most items in one batch (1: no batching) |
+| DLZOO_MAX_LATENCY_MS | 10000 | classification: a request that waited longer for its batch is refused (503) |
 | DLZOO_FRONT_WORKERS | 1 | HTTP worker processes (decode, preprocess) |
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
 | DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
