@@ -141,9 +141,9 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
         sec["quality"] = quality.quality_section(server.url, args.quick, args.models)
 
     measure(common.ours(args.models), "dlzoo batching on", True, extras)
-    # "Off" is DLZOO_MAX_BATCH=1; BentoML 1.4.39 refuses a batchable API with max_batch_size 1 at
-    # import, so a service that passes it through cannot start: then measure the smallest batch BentoML
-    # allows (2) and say so.
+    # "Off" is DLZOO_MAX_BATCH=1. Older revisions passed it to BentoML, which refuses a batchable API
+    # with max_batch_size 1 at import, so they could not start: then measure the smallest batch
+    # BentoML allows (2) and say so.
     before = len(sweep_rows)
     measure(common.ours(args.models, {"DLZOO_MAX_BATCH": "1"}), "dlzoo batching off", True)
     if len(sweep_rows) == before + 1 and "did not start" in sweep_rows[-1].get("error", ""):
