@@ -22,32 +22,26 @@ from pathlib import Path
 from typing import Mapping
 
 
-def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1) -> int | None:
-    """An integer variable (unset or empty: ``default``); a bad value names the variable."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
-    return value
-
-
-def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def _env_number(env: Mapping[str, str], name: str, default, minimum, kind: type, noun: str):  # noqa: ANN001, ANN202
     """A number variable (unset or empty: ``default``); a bad value names the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number >= {minimum}; got {raw!r}") from None
-    if not value >= minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}; got {value}")
+        raise ValueError(f"{name} must be {noun} >= {minimum}; got {raw!r}") from None
+    if not value >= minimum:  # also refuses nan
+        raise ValueError(f"{name} must be {noun} >= {minimum}; got {value}")
     return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1) -> int | None:
+    return _env_number(env, name, default, minimum, int, "an integer")
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    return _env_number(env, name, default, minimum, float, "a number")
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
