@@ -60,7 +60,7 @@ from training.data import augment as augment_images
 from training.data import load_images
 from training.export import BATCH, Graph, existing_versions, publish
 from training.loop import (CHECKPOINT_FORMAT, TrainConfig, finish_distributed, fit, fit_metrics,
-                           history_lines, load_checkpoint, make_scheduler, resolve_device, save_atomic)
+                           history_lines, load_checkpoint, make_scheduler, resolve_device, save_atomic, save_best)
 from training.report import card_markdown, learning_curves
 from training.sequence import split_options
 
@@ -336,13 +336,8 @@ def train_vae(recipe: recipes.Recipe, *, profile: str | None = None, options: di
                **judged, **fit_metrics(result, model)}
     log.info("%s: test ELBO %.1f nats; samples %s", recipe.name, test["elbo"],
              {k: v for k, v in judged.items() if k in ("sample_is", "sample_fid", "sample_classes", "sample_confidence")})
-    best = run_dir / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": model.state_dict(),
-        "metrics": metrics, "history": result.history, "canonical": data.canonical,
-        "dataset": {"name": data.name, "source": data.source, "splits": data.splits()},
-        "reconstruct": data.test[0][:10],
-    }, best)
+    best = save_best(run_dir, meta=meta, cfg=cfg, model=model, metrics=metrics, history=result.history, data=data,
+                     canonical=data.canonical, reconstruct=data.test[0][:10])
     return export_vae(best, models_root)
 
 
@@ -569,12 +564,7 @@ def train_gan(recipe: recipes.Recipe, *, profile: str | None = None, options: di
     log.info("%s: samples %s (best epoch %d, %.0f s)", recipe.name,
              {k: v for k, v in judged.items() if k in ("sample_is", "sample_fid", "sample_classes", "sample_confidence")},
              best_epoch, seconds)
-    best = run_dir / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": gan.state_dict(),
-        "metrics": metrics, "history": history,
-        "dataset": {"name": data.name, "source": data.source, "splits": data.splits()},
-    }, best)
+    best = save_best(run_dir, meta=meta, cfg=cfg, model=gan, metrics=metrics, history=history, data=data)
     return export_gan(best, models_root)
 
 

@@ -321,6 +321,22 @@ def history_lines(history: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(h) + "\n" for h in history).encode()
 
 
+def save_best(run_dir: Path, *, meta: dict[str, Any], cfg: TrainConfig, model: nn.Module,
+              metrics: dict[str, Any], history: list, data, splits: dict[str, int] | None = None,
+              **extra: Any) -> Path:
+    """A finished run's ``best.pt``: what an exporter needs to rebuild and describe the model (the
+    recipe's ``meta``, config, weights, metrics, history, the data set's name, source and split
+    sizes), plus the task's own ``extra`` entries. Written atomically; returns its path."""
+    best = Path(run_dir) / "best.pt"
+    save_atomic({
+        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": model.state_dict(),
+        "metrics": metrics, "history": history,
+        "dataset": {"name": data.name, "source": data.source, "splits": splits or data.splits()},
+        **extra,
+    }, best)
+    return best
+
+
 def fit_metrics(result, model: nn.Module) -> dict[str, Any]:
     return {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),

@@ -7,7 +7,6 @@ Config flows one way: CLI -> ``TrainConfig`` -> checkpoint (``model_args``, ``co
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ from torch import nn
 from training import recipes
 from training.data import load_images, augment as augment_images
 from training.export import BATCH, Graph, publish
-from training.loop import (CHECKPOINT_FORMAT, Classification, TrainConfig, finish_distributed, fit,
-                           fit_metrics, history_lines, load_checkpoint, save_atomic)
+from training.loop import (Classification, TrainConfig, finish_distributed, fit,
+                           fit_metrics, history_lines, load_checkpoint, save_best)
 from training.report import card_markdown, confusion_png, learning_curves
 
 log = logging.getLogger("training")
@@ -99,14 +98,9 @@ def train(name: str, *, profile: str | None = None, options: dict[str, Any] | No
     }
     log.info("%s: test accuracy %.4f (best epoch %d, %.0f s)", name, test["accuracy"],
              result.best_epoch, result.seconds)
-    best = run_dir / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": net.state_dict(),
-        "labels": data.labels, "metrics": metrics, "history": result.history,
-        "dataset": {"name": data.name, "source": data.source, "splits": data.splits()},
-        "canonical": data.canonical,
-        "confusion": {"true": data.test[1].tolist(), "pred": predictions.tolist()},
-    }, best)
+    best = save_best(run_dir, meta=meta, cfg=cfg, model=net, metrics=metrics, history=result.history, data=data,
+                     labels=data.labels, canonical=data.canonical,
+                     confusion={"true": data.test[1].tolist(), "pred": predictions.tolist()})
     return export_checkpoint(best, models_root)
 
 

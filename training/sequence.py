@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,8 @@ from training.architectures.seq2seq import Seq2Seq, Seq2SeqDecoderStep, Seq2SeqE
 from training.data import dates as dates_data
 from training.data.text import load_text
 from training.export import BATCH, Graph, publish
-from training.loop import (CHECKPOINT_FORMAT, TrainConfig, finish_distributed, fit, fit_metrics,
-                           history_lines, load_checkpoint, save_atomic)
+from training.loop import (TrainConfig, finish_distributed, fit, fit_metrics,
+                           history_lines, load_checkpoint, save_best)
 from training.report import card_markdown, learning_curves
 
 log = logging.getLogger("training")
@@ -140,12 +139,8 @@ def train_language_model(recipe: recipes.Recipe, *, profile: str | None = None,
                **fit_metrics(result, model)}
     log.info("%s: val %.3f bits/char (best epoch %d, %.0f s)", recipe.name, val["bpc"],
              result.best_epoch, result.seconds)
-    best = run_dir / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": model.state_dict(),
-        "tokens": data.tokens, "metrics": metrics, "history": result.history,
-        "dataset": {"name": data.name, "source": data.source, "splits": data.splits()},
-    }, best)
+    best = save_best(run_dir, meta=meta, cfg=cfg, model=model, metrics=metrics, history=result.history, data=data,
+                     tokens=data.tokens)
     return export_language_model(best, models_root)
 
 
@@ -341,13 +336,9 @@ def train_seq2seq(recipe: recipes.Recipe, *, profile: str | None = None,
                **fit_metrics(result, model)}
     log.info("%s: exact match %.4f on %d held-out dates (best epoch %d, %.0f s)", recipe.name,
              metrics["exact_match"], len(hits), result.best_epoch, result.seconds)
-    best = run_dir / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": model.state_dict(),
-        "tokens": data.tokens, "metrics": metrics, "history": result.history, "errors": errors,
-        "dataset": {"name": data.name, "source": data.source,
-                    "splits": {"train": len(train[0]), "val": len(val[0]), "test": len(test[0])}},
-    }, best)
+    best = save_best(run_dir, meta=meta, cfg=cfg, model=model, metrics=metrics, history=result.history, data=data,
+                     splits={"train": len(train[0]), "val": len(val[0]), "test": len(test[0])},
+                     tokens=data.tokens, errors=errors)
     return export_seq2seq(best, models_root)
 
 
