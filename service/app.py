@@ -3,10 +3,11 @@
 Two services in one ``bentoml serve``:
 
 - ``DLZoo`` (the HTTP front, ``service.app:DLZoo``): validates requests, decodes and preprocesses
-  uploads (CPU work that scales with front workers), answers errors as 4xx.
-- ``Inference``: owns the ONNX Runtime sessions. Its ``classify`` joins concurrent requests
-  (possibly for different models) into batches (service/batching.py); a batch runs one ONNX call
-  per model. Language models generate here too, in one shared-step loop per model.
+  uploads (CPU work that scales with front workers), answers errors as 4xx. On a CPU it also runs
+  the classifiers itself (``DLZOO_CLASSIFY_IN``, settings.py says why), batching its own requests.
+- ``Inference``: owns the other ONNX Runtime sessions (and the classifiers' on a GPU). Classification
+  joins concurrent requests (possibly for different models) into batches (service/batching.py); a
+  batch runs one ONNX call per model. Language models generate here, in one shared-step loop per model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Literal, get_args
 
 import anyio
 import bentoml
@@ -34,6 +35,8 @@ from service.catalog import Catalog
 from service.batching import Batcher, Overloaded
 from service.classify import classify_items
 from service.errors import BadRequest, ClientError, PayloadTooLarge, Unprocessable, error_for_status
+from service import runtime as rt
+from service.card import Task
 from service.runtime import RuntimeConfig
 from service.settings import Settings
 
@@ -155,6 +158,38 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+class Classifier:
+    """Classification over a catalog's classifier sessions, with its metrics: continuous batching
+    (service/batching.py: deliberately not BentoML's adaptive batching; the module says why), a
+    batch may mix models. The Inference service has one; so does each front worker when it runs the
+    classifiers itself (DLZOO_CLASSIFY_IN)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.batcher = Batcher(self._run, max_batch=SETTINGS.max_batch,
+                               max_wait=SETTINGS.max_latency_ms / 1e3, name="classify")
+
+    async def classify(self, item: dict[str, Any]) -> dict[str, Any]:
+        """item: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds};
+        the result, or {error, status} for the caller to raise."""
+        try:
+            return await self.batcher.submit(item)
+        except Overloaded as exc:
+            return {"error": f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)", "status": 503}
+
+    def _run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results, calls = classify_items(self.catalog, items)
+        for call in calls:
+            INFERENCE_SECONDS.labels(model=call.model, provider=call.provider).observe(call.seconds)
+            BATCH_SIZE.labels(model=call.model, provider=call.provider).observe(call.items)
+        for r in results:
+            if "error" not in r:
+                labels = {"model": f"{r['model']}@{r['version']}", "provider": r["provider"]}
+                STAGE_SECONDS.labels(stage="queue", **labels).observe(r["timings_ms"]["queue"] / 1e3)
+                STAGE_SECONDS.labels(stage="inference", **labels).observe(r["timings_ms"]["inference"] / 1e3)
+        return results
+
+
 @bentoml.service(
     name="dlzoo-inference",
     workers=SETTINGS.inference_workers,
@@ -171,9 +206,12 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 )
 class Inference:
     def __init__(self) -> None:
-        self.catalog = Catalog(SETTINGS.models, runtime=RuntimeConfig.from_env())
-        self.batcher = Batcher(self._classify_batch, max_batch=SETTINGS.max_batch,
-                               max_wait=SETTINGS.max_latency_ms / 1e3, name="classify")
+        runtime = RuntimeConfig.from_env()
+        # Classifiers run here unless the front runs them (DLZOO_CLASSIFY_IN; Settings.classify_in_front).
+        elsewhere = SETTINGS.classify_in_front(rt.gpu_expected(runtime))
+        tasks = set(get_args(Task)) - {"classify"} if elsewhere else None
+        self.catalog = Catalog(SETTINGS.models, runtime=runtime, tasks=tasks)
+        self.classifier = Classifier(self.catalog)
         self.schedulers: dict[str, textgen.StepScheduler] = {}  # model ref -> its shared-step loop
         self.streams: dict[str, tuple[textgen.StepScheduler, textgen.Stream]] = {}  # id -> in progress
         self.channels: dict[str, textgen.Channel] = {}
@@ -184,26 +222,8 @@ class Inference:
 
     @bentoml.api
     async def classify(self, item: dict[str, Any]) -> dict[str, Any]:
-        """item: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}.
-
-        Joins the next batch of the continuous batcher (service/batching.py: deliberately not
-        BentoML's adaptive batching; the module says why). A batch may mix models."""
-        try:
-            return await self.batcher.submit(item)
-        except Overloaded as exc:
-            return {"error": f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)", "status": 503}
-
-    def _classify_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results, calls = classify_items(self.catalog, items)
-        for call in calls:
-            INFERENCE_SECONDS.labels(model=call.model, provider=call.provider).observe(call.seconds)
-            BATCH_SIZE.labels(model=call.model, provider=call.provider).observe(call.items)
-        for r in results:
-            if "error" not in r:
-                labels = {"model": f"{r['model']}@{r['version']}", "provider": r["provider"]}
-                STAGE_SECONDS.labels(stage="queue", **labels).observe(r["timings_ms"]["queue"] / 1e3)
-                STAGE_SECONDS.labels(stage="inference", **labels).observe(r["timings_ms"]["inference"] / 1e3)
-        return results
+        """item: {model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}."""
+        return await self.classifier.classify(item)
 
     @bentoml.api
     def models(self) -> list[dict[str, Any]]:
@@ -525,13 +545,27 @@ class Relay:
                 await lines.aclose()
 
 
-@bentoml.service(name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60})
+@bentoml.service(
+    name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60},
+    # BentoML's OpenTelemetry middleware makes spans for every request even when no exporter is
+    # configured (sample rate 0): ~20% of a front worker's GIL time under /classify load (py-spy),
+    # 4.07 -> 3.62 ms of CPU per request when excluded (load_tests/FINDINGS.md). A default: a
+    # BentoML config setting services.dlzoo.tracing.excluded_urls wins, DLZOO_UNTRACED_PATHS="" traces all.
+    **({"tracing": {"excluded_urls": list(SETTINGS.untraced_paths)}} if SETTINGS.untraced_paths else {}),
+)
 class DLZoo:
     inference = bentoml.depends(Inference)
 
     def __init__(self) -> None:
-        # Cards and checksums only: this process preprocesses, the Inference service runs graphs.
-        self.catalog = Catalog(SETTINGS.models, runtime=None)
+        # This process validates and preprocesses; the Inference service runs the graphs, except
+        # the classifiers when this process runs them itself (DLZOO_CLASSIFY_IN: on a CPU by default).
+        runtime = RuntimeConfig.from_env()
+        self.classifier: Classifier | None = None
+        if SETTINGS.classify_in_front(rt.gpu_expected(runtime)):
+            self.catalog = Catalog(SETTINGS.models, runtime=runtime, tasks=["classify"])
+            self.classifier = Classifier(self.catalog)
+        else:
+            self.catalog = Catalog(SETTINGS.models, runtime=None)  # cards and checksums only
         self._relay_channel: Relay | None = None
         self._relay_lock = asyncio.Lock()
 
@@ -541,7 +575,13 @@ class DLZoo:
     @bentoml.api(route="/models")
     async def models(self) -> list[dict[str, Any]]:
         """Every model version: card summary, status (and the reason if it failed), provider."""
-        return await self.inference.to_async.models()
+        listing = await self.inference.to_async.models()
+        if self.classifier is None:
+            return listing
+        # The classifiers' sessions (status, provider) are this process's, not the Inference service's.
+        mine = {(e.name, e.version): e.summary() for e in self.catalog.entries
+                if e.card is not None and e.card.task == "classify"}
+        return [mine.get((m["name"], m["version"]), m) for m in listing]
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -559,8 +599,11 @@ class DLZoo:
         t0 = time.perf_counter()
         pixels = await anyio.to_thread.run_sync(self._prepare, image, card.preprocess)
         preprocess = time.perf_counter() - t0
-        result = await self.inference.to_async.classify(
-            item={"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()})
+        item = {"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()}
+        if self.classifier is not None:
+            result = await self.classifier.classify(item)
+        else:
+            result = await self.inference.to_async.classify(item=item)
         if "error" in result:
             raise error_for_status(result["status"], result["error"])
         STAGE_SECONDS.labels(model=entry.ref, provider=result["provider"], stage="preprocess").observe(preprocess)

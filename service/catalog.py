@@ -59,11 +59,13 @@ class Entry:
 
 class Catalog:
     """All model versions under ``root``. With ``runtime=None`` only cards and checksums are checked
-    (for processes that preprocess but do not run graphs)."""
+    (for processes that preprocess but do not run graphs); with ``tasks``, sessions are opened only
+    for models of those tasks (the others are checked the same way, and have no sessions here)."""
 
-    def __init__(self, root: Path, runtime: Any | None = None):
+    def __init__(self, root: Path, runtime: Any | None = None, tasks: Iterable[str] | None = None):
         self.root = Path(root)
         self.runtime = runtime
+        self.tasks = frozenset(tasks) if tasks is not None else None
         self.entries: list[Entry] = []
         if not self.root.is_dir():
             log.error("model folder %s does not exist: no models to serve", self.root)
@@ -98,7 +100,7 @@ class Catalog:
                 digest = sha256_file(path)
                 if digest != f.sha256:
                     raise ValueError(f"{path}: checksum mismatch (card {f.sha256[:12]}…, file {digest[:12]}…)")
-            if self.runtime is not None:
+            if self.runs(card.task):
                 for role, f in card.files.items():
                     session, provider = rt.open_session(folder / f.path, self.runtime)
                     problems = rt.check_io(session, card.io[role])
@@ -116,6 +118,10 @@ class Catalog:
         entry.load_seconds = round(time.perf_counter() - t0, 3)
         return entry
 
+    def runs(self, task: str) -> bool:
+        """Whether this catalog opens sessions for models of ``task``."""
+        return self.runtime is not None and (self.tasks is None or task in self.tasks)
+
     # --- lookups --------------------------------------------------------------------------------
 
     def ready_names(self, tasks: Iterable[str] | None = None) -> list[str]:
@@ -126,14 +132,15 @@ class Catalog:
     def resolve(self, ref: str, tasks: Iterable[str] | None = None, field_name: str = "model") -> Entry:
         """The entry for ``name`` (highest ready version) or ``name@version``; 4xx otherwise."""
         tasks = tuple(tasks) if tasks else None
-        available = ", ".join(self.ready_names(tasks)) or "none"
+        # on every request: the list of alternatives is only built for an error message
+        available = lambda: ", ".join(self.ready_names(tasks)) or "none"  # noqa: E731
         try:
             name, version = parse_model_ref(ref)
         except ValueError as exc:
-            raise BadRequest(f"{field_name}: {exc}; available: {available}") from None
+            raise BadRequest(f"{field_name}: {exc}; available: {available()}") from None
         versions = [e for e in self.entries if e.name == name]
         if not versions:
-            raise NotFoundError(f"{field_name}: no model named {name!r}; available: {available}")
+            raise NotFoundError(f"{field_name}: no model named {name!r}; available: {available()}")
         if version is None:
             ready = [e for e in versions if e.status == "ready"]
             if not ready:
@@ -150,7 +157,7 @@ class Catalog:
                 raise NotFoundError(f"{field_name}: {entry.ref} failed to load: {entry.reason}")
         if tasks and entry.card.task not in tasks:
             raise BadRequest(f"{field_name}: {entry.name!r} is a {entry.card.task} model; this endpoint "
-                             f"takes {' or '.join(tasks)} models: {available}")
+                             f"takes {' or '.join(tasks)} models: {available()}")
         return entry
 
     def summary(self) -> list[dict[str, Any]]:

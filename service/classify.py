@@ -50,6 +50,10 @@ def classify_items(catalog: Catalog, items: list[dict[str, Any]],
             for i in idx:
                 results[i] = {"error": str(exc), "status": exc.status}
             continue
+        if "model" not in entry.sessions:  # this process does not run classifiers (DLZOO_CLASSIFY_IN)
+            for i in idx:
+                results[i] = {"error": f"model: {ref} is not loaded in this process", "status": 503}
+            continue
         spec = entry.card.io["model"].inputs[0]
         want = tuple(spec.shape[1:])
         good = []

@@ -289,6 +289,15 @@ def _gpu_problem(kind: str) -> str | None:
     return _provider_library_problem(kind)
 
 
+def gpu_expected(cfg: RuntimeConfig) -> bool:
+    """Whether sessions made with ``cfg`` will ask for a GPU: for deciding where work runs before
+    any session exists. ``auto`` expects one when the CUDA provider's libraries load; a session can
+    still end up on the CPU (``open_session`` then warns), which costs speed, not correctness."""
+    if cfg.device == "cpu":
+        return False
+    return cfg.device == "cuda" or _gpu_problem("cuda") is None
+
+
 _warned: set[str] = set()
 
 

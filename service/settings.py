@@ -7,10 +7,12 @@
 | DLZOO_MAX_PIXELS | 40000000 | largest image in pixels, checked before decoding (413 above) |
 | DLZOO_MAX_BATCH | 64 | classification: most items in one batch (1: no batching) |
 | DLZOO_MAX_LATENCY_MS | 10000 | classification: a request that waited longer for its batch is refused (503) |
-| DLZOO_FRONT_WORKERS | 1 | HTTP worker processes (decode, preprocess) |
+| DLZOO_FRONT_WORKERS | cores, at most 4 | HTTP worker processes (decode, preprocess; on a CPU also classify) |
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
 | DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
 | DLZOO_CHANNEL_SECONDS | 600 | a front worker's generation channel takes new generations this long, then a new one does |
+| DLZOO_UNTRACED_PATHS | /classify | comma-separated paths OpenTelemetry does not trace (empty: trace all) |
+| DLZOO_CLASSIFY_IN | auto | where classifiers run: `front` (in each HTTP worker, no internal hop), `inference` (in the Inference service, one copy of each session), `auto` (front on CPU, inference on a GPU) |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
 """
 
@@ -44,6 +46,15 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: flo
     return _env_number(env, name, default, minimum, float, "a number")
 
 
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -53,6 +64,21 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be 0 or 1 (or true/false); got {raw!r}")
+
+
+def default_front_workers() -> int:
+    """One HTTP worker per core this process may use, at most 4.
+
+    A worker is one Python process, and under load its event loop, multipart parsing, preprocessing
+    and response writing hold the GIL most of the time: on 2 cores one worker served resnet18 at
+    ~290 req/s using 1.2 cores, two at ~380-550 (load_tests/FINDINGS.md). More workers than cores only
+    add contention. The cap: on a CPU every worker holds its own copy of each classifier session
+    (DLZOO_CLASSIFY_IN), so memory grows with workers; set the variable to go beyond it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,8 @@ class Settings:
     inference_workers: int
     max_streams: int = 64
     channel_seconds: float = 600.0
+    classify_in: str = "auto"  # auto | front | inference (see classify_in_front)
+    untraced_paths: tuple[str, ...] = ("/classify",)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -75,8 +103,23 @@ class Settings:
             max_pixels=env_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
             max_batch=env_int(env, "DLZOO_MAX_BATCH", 64),
             max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
-            front_workers=env_int(env, "DLZOO_FRONT_WORKERS", 1),
+            front_workers=env_int(env, "DLZOO_FRONT_WORKERS", default_front_workers()),
             inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
             channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
+            untraced_paths=tuple(p.strip() for p in env.get("DLZOO_UNTRACED_PATHS", "/classify").split(",")
+                                 if p.strip()),
+            classify_in=env_choice(env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")),
         )
+
+    def classify_in_front(self, on_gpu: bool) -> bool:
+        """Whether the HTTP workers run the classifiers themselves.
+
+        On a CPU the hop from the front to the Inference service costs more than the model: ~1.5 ms
+        of the ~6 ms of CPU a quick resnet18 request cost with it (load_tests/FINDINGS.md), so
+        ``auto`` classifies in the front, batching the requests of each HTTP worker. On a GPU one
+        process should own the device and see every request (bigger batches, one copy of each
+        session in GPU memory), so ``auto`` leaves classification in the Inference service."""
+        if self.classify_in == "auto":
+            return not on_gpu
+        return self.classify_in == "front"

@@ -59,3 +59,18 @@ def test_mixed_batch_one_call_per_model_and_per_item_errors(catalog):
     assert [p["index"] for p in alone[0]["predictions"]] == [p["index"] for p in results[0]["predictions"]]
     np.testing.assert_allclose([p["probability"] for p in alone[0]["predictions"]],
                                [p["probability"] for p in results[0]["predictions"]], atol=1e-6)
+
+
+def test_sessions_only_for_the_tasks_asked(model_repo):
+    """The front opens classifier sessions only; the Inference service then skips them (DLZOO_CLASSIFY_IN)."""
+    cfg = RuntimeConfig.from_env({"DLZOO_DEVICE": "cpu"})
+    front = Catalog(model_repo, runtime=cfg, tasks=["classify"])
+    others = Catalog(model_repo, runtime=cfg, tasks=["vae", "gan", "language_model", "seq2seq"])
+    assert front.resolve("lenet5").sessions and front.runs("classify") and not front.runs("vae")
+    entry = others.resolve("lenet5")
+    assert entry.status == "ready" and entry.sessions == {} and not others.runs("classify")
+    # a broken graph is still caught by the catalog that runs it, and only by that one
+    assert {e.ref: e.status for e in front.entries}["truncated@1"] == "failed"
+    pixels = np.zeros((1, 32, 32), np.float32)
+    results, calls = classify_items(others, [{"model": "lenet5@1", "pixels": pixels, "top_k": 1, "sent": 0.0}])
+    assert calls == [] and results[0]["status"] == 503 and "not loaded in this process" in results[0]["error"]

@@ -500,7 +500,8 @@ def test_http_with_two_inference_workers_each_generation_streams_on_its_own(seq_
 def test_http_generation_channel_is_replaced_and_the_old_one_drains(seq_repo):
     """DLZOO_CHANNEL_SECONDS=0.3: a generation that outlives its channel's turn finishes on it while
     a newer generation starts on a new channel; the old channel closes after its last generation."""
-    with Server(seq_repo / "models", env={"DLZOO_CHANNEL_SECONDS": "0.3"}) as srv:
+    # one front worker: each worker has a channel of its own, and this follows one worker's turns
+    with Server(seq_repo / "models", env={"DLZOO_CHANNEL_SECONDS": "0.3", "DLZOO_FRONT_WORKERS": "1"}) as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as c, httpx.Client(base_url=srv.url, timeout=60) as s:
             # 2,000 prompt characters and 2,000 tokens: 4,000 steps, over a second on this machine
             request = {"model": "lstm", "prompt": "The " * 500, "max_new_tokens": 2000, "temperature": 0}

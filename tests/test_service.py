@@ -302,3 +302,32 @@ def test_max_batch_1_turns_batching_off(model_repo, digits_test_pngs):
             answers = list(pool.map(one, range(48)))
         assert {a["batch_size"] for a in answers} == {1}
         assert sum(a["predictions"][0]["label"] == str(digits_test_pngs[i][1]) for i, a in enumerate(answers)) >= 44
+
+
+def test_classifiers_in_the_inference_service_answer_the_same(model_repo, client, digits_test_pngs):
+    """On a CPU the front runs the classifiers itself (DLZOO_CLASSIFY_IN=auto); in the Inference
+    service (the GPU default) the answers and the listing must be the same."""
+    from conftest import Server
+
+    with Server(model_repo, env={"DLZOO_CLASSIFY_IN": "inference", "DLZOO_FRONT_WORKERS": "1"}) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as other:
+        assert other.get("/models").json() == client.get("/models").json()
+        for data, _ in digits_test_pngs[:20]:
+            here, there = classify(client, data, top_k=10).json(), classify(other, data, top_k=10).json()
+            assert [p["index"] for p in here["predictions"]] == [p["index"] for p in there["predictions"]]
+            np.testing.assert_allclose([p["probability"] for p in here["predictions"]],
+                                       [p["probability"] for p in there["predictions"]], atol=1e-6)
+        assert classify(other, b"not an image").status_code == 415
+        text = other.get("/metrics").text
+        assert _metric_sum(text, "dlzoo_batch_size_count", model="lenet5@1") >= 20
+
+
+def test_classify_is_not_traced_by_default():
+    """DLZOO_UNTRACED_PATHS (default /classify) reaches BentoML's service config."""
+    code = ("import service.app as a; print(a.DLZoo.config.get('tracing'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip().endswith("{'excluded_urls': ['/classify']}"), out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "DLZOO_UNTRACED_PATHS": ""})
+    assert out.stdout.strip().endswith("None"), out.stdout + out.stderr
