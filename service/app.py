@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Literal, get_args
@@ -158,6 +159,16 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _untraced() -> dict[str, Any]:
+    """Service config: the paths of DLZOO_UNTRACED_PATHS (settings.py says why) left out of
+    OpenTelemetry's tracing, matched exactly. A default only: a BentoML config setting
+    ``services.<name>.tracing.excluded_urls`` wins, and DLZOO_UNTRACED_PATHS="" traces everything."""
+    if not SETTINGS.untraced_paths:
+        return {}
+    # OpenTelemetry searches these regular expressions in the request's URL without its query
+    return {"tracing": {"excluded_urls": [re.escape(p) + "$" for p in SETTINGS.untraced_paths]}}
+
+
 class Classifier:
     """Classification over a catalog's classifier sessions, with its metrics: continuous batching
     (service/batching.py: deliberately not BentoML's adaptive batching; the module says why), a
@@ -203,6 +214,7 @@ class Classifier:
     # Its callers are the front, whose access log already has a line per request; one more line per
     # internal call cost ~4% of this process's CPU under load (py-spy) and doubled the log.
     logging={"access": {"enabled": False}},
+    **_untraced(),
 )
 class Inference:
     def __init__(self) -> None:
@@ -547,11 +559,7 @@ class Relay:
 
 @bentoml.service(
     name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60},
-    # BentoML's OpenTelemetry middleware makes spans for every request even when no exporter is
-    # configured (sample rate 0): ~20% of a front worker's GIL time under /classify load (py-spy),
-    # 4.07 -> 3.62 ms of CPU per request when excluded (load_tests/FINDINGS.md). A default: a
-    # BentoML config setting services.dlzoo.tracing.excluded_urls wins, DLZOO_UNTRACED_PATHS="" traces all.
-    **({"tracing": {"excluded_urls": list(SETTINGS.untraced_paths)}} if SETTINGS.untraced_paths else {}),
+    **_untraced(),
 )
 class DLZoo:
     inference = bentoml.depends(Inference)

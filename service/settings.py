@@ -11,7 +11,7 @@
 | DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
 | DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
 | DLZOO_CHANNEL_SECONDS | 600 | a front worker's generation channel takes new generations this long, then a new one does |
-| DLZOO_UNTRACED_PATHS | /classify | comma-separated paths OpenTelemetry does not trace (empty: trace all) |
+| DLZOO_UNTRACED_PATHS | /classify, /generate_stream, /generation_channel, /generate_events | comma-separated paths (exact) OpenTelemetry does not trace, in either service (empty: trace all) |
 | DLZOO_CLASSIFY_IN | auto | where classifiers run: `front` (in each HTTP worker, no internal hop), `inference` (in the Inference service, one copy of each session), `auto` (front on CPU, inference on a GPU) |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
 """
@@ -66,6 +66,13 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be 0 or 1 (or true/false); got {raw!r}")
 
 
+# The hot path and the streams. BentoML's OpenTelemetry middleware makes spans for every request
+# even when nothing exports them (sample rate 0), and for a streamed response one more span per
+# chunk, i.e. per token: under load ~20% of a front worker's GIL time for /classify, ~24% of the
+# front's and ~16% of the Inference service's for 16 generation streams (py-spy; FINDINGS.md).
+UNTRACED_PATHS = ("/classify", "/generate_stream", "/generation_channel", "/generate_events")
+
+
 def default_front_workers() -> int:
     """One HTTP worker per core this process may use, at most 4.
 
@@ -93,7 +100,7 @@ class Settings:
     max_streams: int = 64
     channel_seconds: float = 600.0
     classify_in: str = "auto"  # auto | front | inference (see classify_in_front)
-    untraced_paths: tuple[str, ...] = ("/classify",)
+    untraced_paths: tuple[str, ...] = UNTRACED_PATHS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -107,8 +114,8 @@ class Settings:
             inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
             channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
-            untraced_paths=tuple(p.strip() for p in env.get("DLZOO_UNTRACED_PATHS", "/classify").split(",")
-                                 if p.strip()),
+            untraced_paths=tuple(p.strip() for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS))
+                                 .split(",") if p.strip()),
             classify_in=env_choice(env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")),
         )
 

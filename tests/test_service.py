@@ -322,12 +322,13 @@ def test_classifiers_in_the_inference_service_answer_the_same(model_repo, client
         assert _metric_sum(text, "dlzoo_batch_size_count", model="lenet5@1") >= 20
 
 
-def test_classify_is_not_traced_by_default():
-    """DLZOO_UNTRACED_PATHS (default /classify) reaches BentoML's service config."""
-    code = ("import service.app as a; print(a.DLZoo.config.get('tracing'))")
+def test_hot_paths_and_streams_are_not_traced_by_default():
+    """DLZOO_UNTRACED_PATHS reaches both services' BentoML config, as exact paths."""
+    code = ("import service.app as a; print(a.DLZoo.config.get('tracing'), a.Inference.config.get('tracing'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.stdout.strip().endswith("{'excluded_urls': ['/classify']}"), out.stdout + out.stderr
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "DLZOO_UNTRACED_PATHS": "/classify,/a.b"})
+    want = str({"excluded_urls": ["/classify$", "/a\\.b$"]})
+    assert out.stdout.strip().splitlines()[-1] == f"{want} {want}", out.stdout + out.stderr
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "DLZOO_UNTRACED_PATHS": ""})
-    assert out.stdout.strip().endswith("None"), out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "None None", out.stdout + out.stderr

@@ -11,7 +11,8 @@ def test_defaults():
     s = Settings.from_env({})
     assert (s.max_batch, s.max_latency_ms, s.inference_workers, s.max_streams) == (64, 10_000, 1, 64)
     assert 1 <= s.front_workers == default_front_workers() <= 4
-    assert s.classify_in == "auto" and s.untraced_paths == ("/classify",)
+    assert s.classify_in == "auto" and s.untraced_paths == (
+        "/classify", "/generate_stream", "/generation_channel", "/generate_events")
 
 
 def test_every_variable_is_read():
