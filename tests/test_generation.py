@@ -120,6 +120,24 @@ def test_greedy_equals_pytorch_greedy_from_the_checkpoint(name, seq_repo, catalo
         assert len(set(reference)) > 3, f"the lstm should have learned something: {reference!r}"
 
 
+def test_choose_many_is_choose_row_by_row_bit_for_bit():
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n, vocab = int(rng.integers(1, 20)), int(rng.integers(2, 120))
+        logits = (rng.standard_normal((n, vocab)) * rng.uniform(0.1, 8)).astype(np.float32)
+        logits[:, : vocab // 3] = logits[:, :1]  # ties
+        samplings = [textgen.Sampling(*[(0.0, None, 1.0), (float(rng.uniform(0.05, 3)), None, 1.0),
+                                        (1.0, int(rng.integers(1, vocab + 1)), 1.0), (0.7, None, 0.9)][i % 4])
+                     for i in rng.permutation(n)]
+        seeds = rng.integers(0, 2**32, n)
+        alone_gens = [np.random.default_rng(x) for x in seeds]
+        alone = [textgen.choose(logits[i], samplings[i], alone_gens[i]) for i in range(n)]
+        gens = [np.random.default_rng(x) for x in seeds]
+        assert textgen.choose_many(logits, samplings, gens) == alone, trial
+        # and each row's generator has drawn exactly what it draws alone (the next draws agree)
+        assert [g.random() for g in gens] == [g.random() for g in alone_gens], trial
+
+
 def test_one_batched_step_gives_each_stream_what_it_gets_alone(catalog):
     """The same seed gives the same text whatever runs beside it: a row's outputs do not depend on
     the other rows (bit for bit on the CPU provider), and each stream has its own generator."""
