@@ -33,6 +33,7 @@ from service import generation as textgen
 from service import generative as gen
 from service import imaging, uploads
 from service.catalog import Catalog
+from service.connections import ConnectionMaxAge
 from service.batching import Batcher, Overloaded
 from service.classify import classify_items
 from service.errors import BadRequest, ClientError, PayloadTooLarge, Unprocessable, error_for_status
@@ -901,3 +902,5 @@ class GetAsPost:
 
 
 DLZoo.add_asgi_middleware(GetAsPost, paths=("/models",))
+if SETTINGS.front_workers > 1:  # with one worker there is nowhere else for a connection to go
+    DLZoo.add_asgi_middleware(ConnectionMaxAge, max_age=SETTINGS.connection_seconds)

@@ -12,6 +12,7 @@
 | DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
 | DLZOO_CHANNEL_SECONDS | 600 | a front worker's generation channel takes new generations this long, then a new one does |
 | DLZOO_UNTRACED_PATHS | /classify, /generate_stream, /generation_channel, /generate_events | comma-separated paths (exact) OpenTelemetry does not trace, in either service (empty: trace all) |
+| DLZOO_CONNECTION_SECONDS | 2 | with several front workers, a client connection is closed after its first response once this old, so that connections spread over the workers (0: never; service/connections.py) |
 | DLZOO_CLASSIFY_IN | auto | where classifiers run: `front` (in each HTTP worker, no internal hop), `inference` (in the Inference service, one copy of each session), `auto` (front on CPU, inference on a GPU) |
 ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
 """
@@ -101,6 +102,7 @@ class Settings:
     channel_seconds: float = 600.0
     classify_in: str = "auto"  # auto | front | inference (see classify_in_front)
     untraced_paths: tuple[str, ...] = UNTRACED_PATHS
+    connection_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -116,6 +118,7 @@ class Settings:
             channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
             untraced_paths=tuple(p.strip() for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS))
                                  .split(",") if p.strip()),
+            connection_seconds=env_float(env, "DLZOO_CONNECTION_SECONDS", 2.0, minimum=0.0),
             classify_in=env_choice(env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")),
         )
 

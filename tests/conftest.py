@@ -153,7 +153,10 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(model_repo):
-    with Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000"}) as srv:
+    # two front workers whatever the machine (the default is one per core): the tests then cover
+    # classifiers in several workers and connections spreading over them on any CI machine
+    with Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000",
+                                 "DLZOO_FRONT_WORKERS": "2"}) as srv:
         yield srv
 
 

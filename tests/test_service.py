@@ -332,3 +332,19 @@ def test_hot_paths_and_streams_are_not_traced_by_default():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "DLZOO_UNTRACED_PATHS": ""})
     assert out.stdout.strip().splitlines()[-1] == "None None", out.stdout + out.stderr
+
+
+def test_long_lived_connections_are_closed_now_and_then(server, digits_test_pngs):
+    """With several front workers a keep-alive connection is closed once DLZOO_CONNECTION_SECONDS
+    (default 2) old, so that clients' connections spread over the workers; clients just reconnect."""
+    import time
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        closes, statuses, end = 0, set(), time.monotonic() + 3.0
+        while time.monotonic() < end:
+            resp = classify(c, digits_test_pngs[0][0], top_k=1)
+            statuses.add(resp.status_code)
+            closes += resp.headers.get("connection", "").lower() == "close"
+            time.sleep(0.02)
+    assert statuses == {200}
+    assert 1 <= closes <= 3, "closed once per ~2 s of age, and only then"

@@ -18,9 +18,10 @@ def test_defaults():
 def test_every_variable_is_read():
     s = Settings.from_env({"DLZOO_MODELS": "/m", "DLZOO_MAX_BATCH": "8", "DLZOO_FRONT_WORKERS": "3",
                            "DLZOO_CLASSIFY_IN": " Inference ", "DLZOO_UNTRACED_PATHS": "/classify, /sample,",
-                           "DLZOO_CHANNEL_SECONDS": "2.5"})
+                           "DLZOO_CHANNEL_SECONDS": "2.5", "DLZOO_CONNECTION_SECONDS": "0"})
     assert (str(s.models), s.max_batch, s.front_workers, s.classify_in) == ("/m", 8, 3, "inference")
     assert s.untraced_paths == ("/classify", "/sample") and s.channel_seconds == 2.5
+    assert s.connection_seconds == 0.0 and Settings.from_env({}).connection_seconds == 2.0
     assert Settings.from_env({"DLZOO_UNTRACED_PATHS": ""}).untraced_paths == ()
 
 
