@@ -98,7 +98,8 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
     sec["serving"].update(load_generator="load_tests.loadgen: its own process, aiohttp+uvloop, closed loop; "
                                          "it shares the 2 cores with the server under test",
                           warmup_s=plan.warmup, duration_s=plan.duration, models=names,
-                          images="64 scikit-learn digits (8x8) enlarged to 32x32 PNG")
+                          images="64 scikit-learn digits (8x8) enlarged to 32x32 PNG",
+                          ours=ours_description())
 
     def measure(server: common.Server, label: str, metrics: bool, also=None) -> None:
         try:
@@ -175,6 +176,19 @@ def prime(server: common.Server, label: str, names: list[str], pngs, seconds: fl
     return [{k: r.get(k) for k in ("server", "model", "throughput", "p50_ms", "p99_ms", "errors")} for r in rows]
 
 
+def ours_description() -> str:
+    """How our server runs with its defaults on this machine (service/settings.py decides)."""
+    from service import runtime
+    from service.settings import Settings
+
+    st = Settings.from_env()
+    front = st.classify_in_front(runtime.gpu_expected(runtime.RuntimeConfig.from_env()))
+    workers = f"{st.front_workers} front worker{'s' if st.front_workers > 1 else ''}"
+    where = ("each front worker runs the classifier sessions itself (DLZOO_CLASSIFY_IN=auto on a CPU)" if front
+             else f"classification in {st.inference_workers} inference worker(s)")
+    return f"{workers}, {where}"
+
+
 def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
     """The same comparison at concurrency 32 with ResNet-18 at its paper width (width 1.0 instead of
     the quick profile's 0.25; 32x32 digits): ~16x the FLOPs per image, so the per-request cost of
@@ -193,7 +207,11 @@ def wide_resnet(args: argparse.Namespace, plan: Plan, pngs) -> dict:
         except Exception as exc:  # noqa: BLE001
             log.exception("wide resnet18 export")
             return {"error": f"{type(exc).__name__}: {exc}"}
+        parallel = rb.serving_sessions()
         return {"curve": rb.batch_curve(tmp / "models", ["resnet18"], plan.curve_budget)["resnet18"],
+                "sessions": parallel,
+                "curve_parallel": (rb.batch_curve(tmp / "models", ["resnet18"], plan.curve_budget,
+                                                  parallel=parallel)["resnet18"] if parallel > 1 else None),
                 "rows": _wide_rows(tmp, plan, pngs),
                 "note": "resnet18 width 1.0 (paper width) on 32x32 digits, one-batch dry-run weights, "
                         "exported by training.pipeline; concurrency 32"}
@@ -259,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         run("runtime", lambda: rb.runtime_section(args.models, args.runs, plan.runtime_budget))
     if "serving" in chosen:
         run("batch_curve", lambda: rb.batch_curve(args.models, list(SERVED), plan.curve_budget))
+        parallel = rb.serving_sessions()
+        if parallel > 1:
+            run("batch_curve_parallel", lambda: {
+                "sessions": parallel,
+                "curves": rb.batch_curve(args.models, list(SERVED), plan.curve_budget, parallel=parallel)})
     if "ceiling" in chosen:
         run("ceiling", lambda: rb.ceiling_section(plan.ceiling_budget, plan.matmul_sizes,
                                                   passes=plan.ceiling_passes))

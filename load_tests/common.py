@@ -232,9 +232,14 @@ def litserve(models: Path, names: list[str], max_batch: int, batch_timeout: floa
                   ready_path="/health")
 
 
-def tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by a process and its descendants, by role: ``front``
-    and ``inference`` for our two BentoML services, ``other`` for everything else."""
+def _role(cmd: str) -> str:
+    return ("inference" if "--service-name dlzoo-inference" in cmd
+            else "front" if "--service-name dlzoo " in cmd else "other")
+
+
+def process_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds (user + system) used so far) for a process and its descendants;
+    roles: ``front`` and ``inference`` for our two BentoML services' workers, ``other`` for the rest."""
     tick = os.sysconf("SC_CLK_TCK")
     stats, children = {}, {}
     for entry in Path("/proc").iterdir():
@@ -249,18 +254,32 @@ def tree_cpu(root: int) -> dict[str, float]:
         pid, ppid = int(entry.name), int(fields[1])
         stats[pid] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
         children.setdefault(ppid, []).append(pid)
-    out = {"front": 0.0, "inference": 0.0, "other": 0.0}
+    out: dict[int, tuple[str, float]] = {}
     todo = [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
-        if pid not in stats:
-            continue
-        seconds, cmd = stats[pid]
-        role = ("inference" if "--service-name dlzoo-inference" in cmd
-                else "front" if "--service-name dlzoo " in cmd else "other")
+        if pid in stats:
+            seconds, cmd = stats[pid]
+            out[pid] = (_role(cmd), seconds)
+    return out
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds used so far by a process and its descendants, by role (see :func:`process_cpu`)."""
+    out = {"front": 0.0, "inference": 0.0, "other": 0.0}
+    for role, seconds in process_cpu(root).values():
         out[role] += seconds
     return out
+
+
+def front_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> list[float]:
+    """Each front worker's share of the front's CPU between two :func:`process_cpu` readings, largest
+    first: how evenly the clients' connections spread over the workers (a worker serves the
+    connections it accepted, for as long as they stay open)."""
+    used = [after[pid][1] - before.get(pid, (role, 0.0))[1] for pid, (role, _) in after.items() if role == "front"]
+    total = sum(used)
+    return sorted((u / total for u in used), reverse=True) if total > 0 and len(used) > 1 else []
 
 
 def write_json(path: Path, data: dict) -> None:

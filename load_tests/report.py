@@ -27,12 +27,24 @@ def _f(x, digits: int = 1, suffix: str = "") -> str:
     return f"{x}{suffix}"
 
 
-def _cpu(by_role: dict | None) -> str:
-    """Server CPU per request: the total, and our front/inference split."""
+def _cpu(by_role: dict | None, shares: list[float] | None = None) -> str:
+    """Server CPU per request: the total, our front/inference split, and how the front's CPU was
+    shared by its workers (an uneven split: the clients' connections landed unevenly)."""
     if not by_role:
         return "–"
     parts = [f"{by_role[k]:.1f} {k}" for k in ("front", "inference") if k in by_role]
+    if shares and parts:
+        parts[0] += " [" + "/".join(f"{100 * x:.0f}" for x in shares) + "%]"
     return f"{by_role['total']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def ort_curve(r: dict, model: str) -> tuple[dict | None, int]:
+    """The in-process ORT curve to judge serving efficiency by: as many sessions at once as the
+    service runs side by side (one per front worker when the front classifies), and that number."""
+    par = r["sections"].get("batch_curve_parallel") or {}
+    if par.get("curves", {}).get(model):
+        return par["curves"][model], int(par["sessions"])
+    return r["sections"].get("batch_curve", {}).get(model), 1
 
 
 def machine_line(r: dict) -> str:
@@ -63,11 +75,11 @@ def efficiency(r: dict, model: str, conc: int, server: str = "dlzoo batching on"
     from load_tests.serving import interpolate_curve
 
     row = _row(model, server, conc, r["sections"].get("serving", {}).get("rows", []))
-    curve = r["sections"].get("batch_curve", {}).get(model)
+    curve, sessions = ort_curve(r, model)
     if not row or not curve or not row.get("mean_batch"):
         return None
     ort = interpolate_curve(curve, row["mean_batch"])
-    return {"http": row["throughput"], "batch": row["mean_batch"], "ort": ort,
+    return {"http": row["throughput"], "batch": row["mean_batch"], "ort": ort, "sessions": sessions,
             "efficiency": row["throughput"] / ort if ort else None}
 
 
@@ -241,7 +253,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                 f"{r['plan'].get('prime', 0):g} s of priming per model at 8 clients when a server starts "
                 "(listed under 'Priming'); "
                 f"{sv['load_generator']}. Images: {sv['images']}. Servers: ours (`bentoml serve`, whole zoo, "
-                "one front and one inference worker, ORT 1 thread/session) with batching on "
+                f"{sv.get('ours', 'one front and one inference worker')}, ORT 1 thread/session) with batching on "
                 "(`DLZOO_MAX_BATCH=64`, continuous batching since `22e413f`, BentoML's adaptive batching "
                 "before) and off (`DLZOO_MAX_BATCH=1`); the naive baseline "
                 "(`load_tests/baselines/naive_server.py`: FastAPI, PyTorch eager, one request at a time); "
@@ -269,7 +281,8 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                     continue
                 out.append(f"| {x['server']} | {x['concurrency']} | {x['throughput']:,.0f} | {_f(x['p50_ms'])} | "
                            f"{_f(x['p95_ms'])} | {_f(x['p99_ms'])} | {x['errors']} | {_f(x.get('mean_batch'))} | "
-                           f"{_f(x.get('ort_ms_per_call'), 2)} | {_cpu(x.get('server_cpu_ms_per_request'))} | "
+                           f"{_f(x.get('ort_ms_per_call'), 2)} | "
+                           f"{_cpu(x.get('server_cpu_ms_per_request'), x.get('front_worker_cpu_shares'))} | "
                            f"{_f(100 * x.get('client_cpu_share', 0), 0, '%')} |")
             out.append("")
         for x in sv["rows"]:
@@ -279,9 +292,13 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             out += ["Priming, right after each server started (8 clients, not counted above): "
                     + "; ".join(f"{x['server']} {x['model']} {x['throughput']:,.0f} req/s, p99 {_f(x['p99_ms'])} ms"
                                 for x in sv["priming"] if x.get("throughput") is not None) + ".", ""]
+        par = s.get("batch_curve_parallel") or {}
+        n_par = int(par.get("sessions", 1))
         out += ["### Serving efficiency", "",
                 "HTTP images/s of ours over in-process ORT images/s at the batch size the "
-                "server formed (ORT batch curve measured in this run, sessions as the service opens them).", "",
+                "server formed (ORT batch curve measured in this run, sessions as the service opens them"
+                + (f", {n_par} at once: one per front worker, as the service runs them on a CPU" if n_par > 1 else "")
+                + ").", "",
                 "| model | clients | HTTP req/s | formed batch | ORT img/s at that batch | efficiency |",
                 "|---|---|---|---|---|---|"]
         for server in [x for x in SERVERS if x.startswith("dlzoo")]:
@@ -298,6 +315,9 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                     "| model | " + " | ".join(str(b) for b in bs) + " |", "|---|" + "---|" * len(bs)]
             for model, c_ in curve.items():
                 out.append(f"| {model} | " + " | ".join(f"{c_.get(str(b), c_.get(b, 0)):,.0f}" for b in bs) + " |")
+            for model, c_ in (par.get("curves") or {}).items():
+                out.append(f"| {model}, {n_par} sessions at once | "
+                           + " | ".join(f"{c_.get(str(b), c_.get(b, 0)):,.0f}" for b in bs) + " |")
         out.append("")
     w = s.get("serving_wide")
     if w and w.get("rows"):
@@ -305,16 +325,21 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
 
         out += ["### The same at ResNet-18's paper width", "",
                 f"{w['note']}. ORT in process (1 thread): "
-                + ", ".join(f"batch {b}: {v:,.0f} img/s" for b, v in w["curve"].items()) + ".", "",
+                + ", ".join(f"batch {b}: {v:,.0f} img/s" for b, v in w["curve"].items()) + "."
+                + (f" {w['sessions']} sessions at once (the efficiency's denominator): "
+                   + ", ".join(f"batch {b}: {v:,.0f} img/s" for b, v in w["curve_parallel"].items()) + "."
+                   if w.get("curve_parallel") else ""), "",
                 "| server | req/s | p50 ms | p99 ms | errors | batch | server CPU ms/request | efficiency |",
                 "|---|---|---|---|---|---|---|---|"]
         for x in w["rows"]:
             if "throughput" not in x:
                 out.append(f"| {x['server']} | error: {x.get('error', '')[-80:]} | | | | | | |")
                 continue
-            eff = (x["throughput"] / interpolate_curve(w["curve"], x["mean_batch"])) if x.get("mean_batch") else None
+            wide_curve = w.get("curve_parallel") or w["curve"]
+            eff = (x["throughput"] / interpolate_curve(wide_curve, x["mean_batch"])) if x.get("mean_batch") else None
             out.append(f"| {x['server']} | {x['throughput']:,.0f} | {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | "
-                       f"{x['errors']} | {_f(x.get('mean_batch'))} | {_cpu(x.get('server_cpu_ms_per_request'))} | "
+                       f"{x['errors']} | {_f(x.get('mean_batch'))} | "
+                       f"{_cpu(x.get('server_cpu_ms_per_request'), x.get('front_worker_cpu_shares'))} | "
                        f"{_f(eff, 2)} |")
         out.append("")
     p = s.get("poisson")

@@ -119,8 +119,52 @@ def runtime_section(models: Path, runs: Path, budget: float, batches=(1, 32)) ->
                     f"inference_mode, torch.set_num_threads({threads}); medians of alternating rounds"}
 
 
-def batch_curve(models: Path, names: list[str], budget: float, batches=(1, 2, 4, 8, 16, 32, 64)) -> dict:
-    """name -> {batch: ORT items/s}, sessions as the service opens them."""
+def serving_sessions() -> int:
+    """How many classifier sessions the service runs side by side with its default settings: one per
+    front worker when the front classifies (DLZOO_CLASSIFY_IN, on a CPU), else one per Inference
+    worker. The efficiency's denominator must be what that many sessions do in process."""
+    from service import runtime
+    from service.settings import Settings
+
+    settings = Settings.from_env()
+    in_front = settings.classify_in_front(runtime.gpu_expected(RuntimeConfig.from_env()))
+    return settings.front_workers if in_front else settings.inference_workers
+
+
+def parallel_rate(sessions: list, feeds: dict, batch: int, seconds: float) -> tuple[float, list[int]]:
+    """Items/s of ``len(sessions)`` sessions running the same feeds at once, one thread each (ONNX
+    Runtime releases the GIL while it runs): what that many worker processes could do at most.
+    Also the calls each session made."""
+    import threading
+
+    for session in sessions:
+        session.run(None, feeds)
+    counts = [0] * len(sessions)
+    start = threading.Barrier(len(sessions) + 1)
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        start.wait()
+        while not stop.is_set():
+            sessions[i].run(None, feeds)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) * batch / (time.perf_counter() - t0), counts
+
+
+def batch_curve(models: Path, names: list[str], budget: float, batches=(1, 2, 4, 8, 16, 32, 64),
+                parallel: int = 1) -> dict:
+    """name -> {batch: ORT items/s}, sessions as the service opens them; with ``parallel`` > 1,
+    that many sessions at once (see :func:`parallel_rate`)."""
     cfg = RuntimeConfig.from_env()
     cards = zoo_cards(models)
     out = {}
@@ -128,13 +172,18 @@ def batch_curve(models: Path, names: list[str], budget: float, batches=(1, 2, 4,
         if name not in cards:
             continue
         card = load_card(cards[name] / "card.json")
-        session, _ = open_session(cards[name] / card.files["model"].path, cfg)
+        sessions = [open_session(cards[name] / card.files["model"].path, cfg)[0] for _ in range(parallel)]
         curve = {}
         for b in batches:
             feeds = example_inputs(card, "model", b)
-            curve[b] = b / float(np.median(timed(lambda feeds=feeds: session.run(None, feeds), budget / len(batches))))
+            if parallel == 1:
+                curve[b] = b / float(np.median(timed(lambda feeds=feeds: sessions[0].run(None, feeds),
+                                                     budget / len(batches))))
+            else:
+                curve[b] = parallel_rate(sessions, feeds, b, budget / len(batches))[0]
         out[name] = curve
-        log.info("batch curve %s: %s", name, {b: round(v) for b, v in curve.items()})
+        log.info("batch curve %s (%d session(s) at once): %s", name, parallel,
+                 {b: round(v) for b, v in curve.items()})
     return out
 
 

@@ -95,9 +95,11 @@ def sweep(server: common.Server, label: str, names: list[str], pngs, concurrenci
                     "warmup": warmup, "duration": duration, "bodies": classify_bodies(pngs, name),
                     "metrics_url": server.url + "/metrics" if with_metrics else None}
             try:
-                cpu0 = common.tree_cpu(server.proc.pid)
+                procs0 = common.process_cpu(server.proc.pid)
                 out = run_loadgen(spec)
-                cpu1 = common.tree_cpu(server.proc.pid)
+                procs1 = common.process_cpu(server.proc.pid)
+                cpu0, cpu1 = ({k: sum(sec for role, sec in procs.values() if role == k)
+                               for k in ("front", "inference", "other")} for procs in (procs0, procs1))
             except Exception as exc:  # noqa: BLE001 - record and go on
                 log.exception("%s %s c=%d failed", label, name, conc)
                 rows.append({"server": label, "model": name, "concurrency": conc, "error": str(exc)})
@@ -111,6 +113,9 @@ def sweep(server: common.Server, label: str, names: list[str], pngs, concurrenci
             row["server_cpu_ms_per_request"] = {k: 1e3 * (cpu1[k] - cpu0[k]) / n for k in cpu1
                                                 if cpu1[k] - cpu0[k] > 0}
             row["server_cpu_ms_per_request"]["total"] = 1e3 * sum(cpu1[k] - cpu0[k] for k in cpu1) / n
+            shares = common.front_shares(procs0, procs1)
+            if shares:
+                row["front_worker_cpu_shares"] = shares
             if with_metrics:
                 row.update(formed_batches(out.get("metrics") or {}, name))
             log.info("%-22s %-9s c=%-3d %7.1f req/s  p50 %6.1f  p99 %6.1f ms  batch %s  errors %d", label, name,

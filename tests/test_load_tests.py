@@ -66,6 +66,41 @@ def test_report_renders_a_partial_result(tmp_path):
     assert "lenet5 5.00x" in text and "Not available: HTTP 404" in text
 
 
+def test_front_worker_shares_and_efficiency_against_parallel_sessions():
+    from load_tests import common
+
+    before = {1: ("other", 5.0), 2: ("front", 1.0), 3: ("front", 2.0), 4: ("inference", 3.0)}
+    after = {1: ("other", 6.0), 2: ("front", 4.0), 3: ("front", 3.0), 4: ("inference", 3.5), 5: ("front", 0.0)}
+    assert common.front_shares(before, after) == pytest.approx([0.75, 0.25, 0.0])
+    assert common.front_shares({2: ("front", 1.0)}, {2: ("front", 2.0)}) == []  # one worker: nothing to split
+    r = {"sections": {"serving": {"rows": [{"server": "dlzoo batching on", "model": "resnet18", "concurrency": 32,
+                                            "throughput": 600.0, "mean_batch": 4.0}]},
+                      "batch_curve": {"resnet18": {"1": 1000.0, "4": 1200.0}}}}
+    assert report.efficiency(r, "resnet18", 32)["efficiency"] == pytest.approx(0.5)
+    r["sections"]["batch_curve_parallel"] = {"sessions": 2, "curves": {"resnet18": {"1": 1800.0, "4": 2000.0}}}
+    e = report.efficiency(r, "resnet18", 32)
+    assert e["efficiency"] == pytest.approx(0.3) and e["sessions"] == 2
+
+
+def test_parallel_sessions_all_run(model_repo, tmp_path):
+    """The efficiency's denominator with two sessions at once: both sessions really run, side by side."""
+    import shutil
+
+    from load_tests import runtime_bench as rb
+    from service.card import load_card
+    from service.runtime import RuntimeConfig, open_session
+
+    folder = model_repo / "lenet5" / "1"
+    card = load_card(folder / "card.json")
+    sessions = [open_session(folder / "model.onnx", RuntimeConfig.from_env({"DLZOO_DEVICE": "cpu"}))[0]
+                for _ in range(2)]
+    rate, calls = rb.parallel_rate(sessions, rb.example_inputs(card, "model", 4), 4, 0.3)
+    assert len(calls) == 2 and min(calls) > 0 and rate == pytest.approx(4 * sum(calls) / 0.3, rel=0.5)
+    shutil.copytree(folder, tmp_path / "lenet5" / "1")  # the curve reads a repository: not the fixture's broken v2
+    curve = rb.batch_curve(tmp_path, ["lenet5"], 0.2, batches=(1, 8), parallel=2)["lenet5"]
+    assert set(curve) == {1, 8} and min(curve.values()) > 0
+
+
 def test_flops_are_counted_from_the_graph():
     pytest.importorskip("torch")
     from load_tests.runtime_bench import count_flops, matmul_model
