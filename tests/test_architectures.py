@@ -137,13 +137,24 @@ def test_alexnet_parameter_count_single_tower():
 
 
 def test_alexnet_uses_the_papers_lrn():
+    from training.architectures.alexnet import LocalResponseNorm
+
     features = arch.alexnet(width=0.125, small_input=True).features
-    lrns = [m for m in features if isinstance(m, nn.LocalResponseNorm)]
+    lrns = [m for m in features if isinstance(m, LocalResponseNorm)]
     assert len(lrns) == 2
     for m in lrns:
-        # torch computes k + alpha/n * sum(a^2); the paper k + alpha * sum(a^2) with alpha = 1e-4
-        assert (m.size, m.k, m.beta) == (5, 2.0, 0.75)
-        assert m.alpha / m.size == pytest.approx(1e-4)
+        # the paper: b = a / (k + alpha * sum of a^2 over n neighbouring channels)^beta
+        assert (m.size, m.k, m.beta, m.alpha) == (5, 2.0, 0.75, 1e-4)
+    # the same function as torch's module, which averages the squares (alpha * n), edges included
+    torch.manual_seed(0)
+    for channels in (1, 3, 12, 96):
+        x = torch.rand(2, channels, 7, 5) * 30  # large enough for the normalization to matter
+        ours = LocalResponseNorm(channels)(x)
+        theirs = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(ours, x / 2.0 ** 0.75), "the neighbours count"
+    # no weights of its own: checkpoints are unchanged
+    assert all("window" not in k for k in arch.alexnet(width=0.125, small_input=True).state_dict())
 
 
 def test_lenet5_parameter_count():
