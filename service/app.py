@@ -32,13 +32,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from service import generation as textgen
 from service import generative as gen
 from service import imaging, uploads
-from service.catalog import Catalog
-from service.connections import ConnectionMaxAge
-from service.batching import Batcher, Overloaded
-from service.classify import classify_items
-from service.errors import BadRequest, ClientError, PayloadTooLarge, Unprocessable, error_for_status
 from service import runtime as rt
+from service.batching import Batcher, Overloaded
 from service.card import Task
+from service.catalog import Catalog
+from service.classify import classify_items
+from service.connections import ConnectionMaxAge
+from service.errors import BadRequest, ClientError, PayloadTooLarge, Unprocessable, error_for_status
 from service.runtime import RuntimeConfig
 from service.settings import Settings
 
