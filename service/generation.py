@@ -305,8 +305,7 @@ class LanguageModel:
         chosen = logits if len(rows) == len(streams) else logits[rows]
         picks = dict(zip(rows, choose_many(chosen, [streams[i].sampling for i in rows],
                                            [streams[i].rng for i in rows])))
-        return [s.take(logits[i], next_state[i], picks[i] if i in picks else None)
-                for i, s in enumerate(streams)]
+        return [s.take(logits[i], next_state[i], picks.get(i)) for i, s in enumerate(streams)]
 
     def run(self, stream: Stream) -> Stream:
         """Generate to the end alone, without a scheduler (tests and tools)."""

@@ -125,8 +125,8 @@ class Settings:
     def classify_in_front(self, on_gpu: bool) -> bool:
         """Whether the HTTP workers run the classifiers themselves.
 
-        On a CPU the hop from the front to the Inference service costs more than the model: ~1.5 ms
-        of the ~6 ms of CPU a quick resnet18 request cost with it (load_tests/FINDINGS.md), so
+        On a CPU the hop from the front to the Inference service cost more than the model: a quick
+        resnet18 request took 6.6 ms of CPU with it and 4.5 ms without (load_tests/FINDINGS.md), so
         ``auto`` classifies in the front, batching the requests of each HTTP worker. On a GPU one
         process should own the device and see every request (bigger batches, one copy of each
         session in GPU memory), so ``auto`` leaves classification in the Inference service."""
