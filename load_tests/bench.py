@@ -178,11 +178,7 @@ def prime(server: common.Server, label: str, names: list[str], pngs, seconds: fl
 
 def ours_description() -> str:
     """How our server runs with its defaults on this machine (service/settings.py decides)."""
-    from service import runtime
-    from service.settings import Settings
-
-    st = Settings.from_env()
-    front = st.classify_in_front(runtime.gpu_expected(runtime.RuntimeConfig.from_env()))
+    st, front = common.ours_defaults()
     workers = f"{st.front_workers} front worker{'s' if st.front_workers > 1 else ''}"
     where = ("each front worker runs the classifier sessions itself (DLZOO_CLASSIFY_IN=auto on a CPU)" if front
              else f"classification in {st.inference_workers} inference worker(s)")

@@ -265,12 +265,27 @@ def process_cpu(root: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds used so far by a process and its descendants, by role (see :func:`process_cpu`)."""
+def by_role(procs: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds of a :func:`process_cpu` reading, summed by role."""
     out = {"front": 0.0, "inference": 0.0, "other": 0.0}
-    for role, seconds in process_cpu(root).values():
+    for role, seconds in procs.values():
         out[role] += seconds
     return out
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds used so far by a process and its descendants, by role (see :func:`process_cpu`)."""
+    return by_role(process_cpu(root))
+
+
+def ours_defaults():  # noqa: ANN201 - (service.settings.Settings, bool)
+    """Our server's settings as this environment gives them, and whether its front workers run the
+    classifiers themselves (service/settings.py decides; on a CPU they do)."""
+    from service import runtime
+    from service.settings import Settings
+
+    settings = Settings.from_env()
+    return settings, settings.classify_in_front(runtime.gpu_expected(runtime.RuntimeConfig.from_env()))
 
 
 def front_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> list[float]:

@@ -28,7 +28,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from onnx import helper, numpy_helper, shape_inference  # noqa: E402
 
-from load_tests.common import ROOT, zoo_cards  # noqa: E402
+from load_tests.common import ROOT, ours_defaults, zoo_cards  # noqa: E402
 from load_tests.torch_models import as_torch, example_inputs, module_for  # noqa: E402
 from service.card import load_card  # noqa: E402
 from service.runtime import RuntimeConfig, open_session  # noqa: E402
@@ -123,11 +123,7 @@ def serving_sessions() -> int:
     """How many classifier sessions the service runs side by side with its default settings: one per
     front worker when the front classifies (DLZOO_CLASSIFY_IN, on a CPU), else one per Inference
     worker. The efficiency's denominator must be what that many sessions do in process."""
-    from service import runtime
-    from service.settings import Settings
-
-    settings = Settings.from_env()
-    in_front = settings.classify_in_front(runtime.gpu_expected(RuntimeConfig.from_env()))
+    settings, in_front = ours_defaults()
     return settings.front_workers if in_front else settings.inference_workers
 
 

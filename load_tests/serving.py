@@ -98,8 +98,7 @@ def sweep(server: common.Server, label: str, names: list[str], pngs, concurrenci
                 procs0 = common.process_cpu(server.proc.pid)
                 out = run_loadgen(spec)
                 procs1 = common.process_cpu(server.proc.pid)
-                cpu0, cpu1 = ({k: sum(sec for role, sec in procs.values() if role == k)
-                               for k in ("front", "inference", "other")} for procs in (procs0, procs1))
+                cpu0, cpu1 = common.by_role(procs0), common.by_role(procs1)
             except Exception as exc:  # noqa: BLE001 - record and go on
                 log.exception("%s %s c=%d failed", label, name, conc)
                 rows.append({"server": label, "model": name, "concurrency": conc, "error": str(exc)})
