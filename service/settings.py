@@ -86,6 +86,14 @@ def default_front_workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    try:
+        # A container's CPU quota (cgroup v1 or v2), which the affinity mask does not show: BentoML
+        # reads it for its own "cpu_count" workers. Internal to BentoML, hence the fallback.
+        from bentoml._internal.resource import CpuResource
+
+        cores = min(cores, max(1, int(CpuResource.from_system())))
+    except Exception:  # noqa: BLE001 - without it, the affinity mask is the best guess
+        pass
     return max(1, min(cores, 4))
 
 

@@ -191,6 +191,19 @@ def _cuda_usable() -> bool:
     return rt._gpu_problem("cuda") is None
 
 
+def test_gpu_expected_decides_where_classifiers_run(monkeypatch):
+    """cpu never expects a GPU, cuda always does (and fails start-up without one), auto when the
+    CUDA provider's libraries load."""
+    assert rt.gpu_expected(rt.RuntimeConfig(device="cpu")) is False
+    assert rt.gpu_expected(rt.RuntimeConfig(device="cuda")) is True
+    monkeypatch.setattr(rt, "_gpu_problem", lambda kind: "libcublasLt.so.13 is missing")
+    assert rt.gpu_expected(rt.RuntimeConfig(device="auto")) is False
+    assert rt.gpu_expected(rt.RuntimeConfig(device="cuda")) is True
+    monkeypatch.setattr(rt, "_gpu_problem", lambda kind: None)
+    assert rt.gpu_expected(rt.RuntimeConfig(device="auto")) is True
+    assert rt.gpu_expected(rt.RuntimeConfig(device="cpu")) is False
+
+
 @pytest.mark.skipif(_cuda_usable(), reason="a CUDA GPU is usable on this machine")
 def test_auto_without_gpu_runs_on_cpu_with_one_quiet_warning(caplog, capfd, monkeypatch):
     monkeypatch.setattr(rt, "_warned", set())

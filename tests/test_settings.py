@@ -43,3 +43,22 @@ def test_bad_values_name_the_variable(env, named):
 ])
 def test_where_classifiers_run(where, on_gpu, in_front):
     assert Settings.from_env({"DLZOO_CLASSIFY_IN": where}).classify_in_front(on_gpu) is in_front
+
+
+def test_front_workers_follow_the_container_quota(monkeypatch):
+    """A container's CPU quota caps the default (BentoML reads cgroups); the affinity mask and 4 too."""
+    from bentoml._internal.resource import CpuResource
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(CpuResource, "from_system", classmethod(lambda cls: 1.5))
+    assert default_front_workers() == 1
+    monkeypatch.setattr(CpuResource, "from_system", classmethod(lambda cls: 64.0))
+    assert default_front_workers() == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_front_workers() == 2
+
+    def broken(cls):
+        raise OSError("no cgroup files")
+
+    monkeypatch.setattr(CpuResource, "from_system", classmethod(broken))
+    assert default_front_workers() == 2
