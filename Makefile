@@ -1,11 +1,13 @@
 # dlzoo: train in PyTorch -> export to ONNX + model card -> serve with ONNX Runtime behind BentoML.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+# Another virtualenv may be reused (`make serve VENV=/path/to/venv`): setup only installs what is missing.
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DLZOO_MODELS ?= $(CURDIR)/models
 PORT ?= 3000
+# quick (CPU-sized), full (paper-sized), dry-run (seconds a model: a smoke test, not useful models)
 PROFILE ?= quick
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 QUICK ?=
@@ -35,7 +37,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 models: setup  ## train the whole zoo into models/ (quick = CPU-sized profile)
-	$(BIN)/python -m training zoo --profile $(PROFILE) --models $(DLZOO_MODELS)
+	$(BIN)/python -m training --models $(DLZOO_MODELS) zoo --profile $(PROFILE)
 
 models-if-missing: setup
 	@if ls $(DLZOO_MODELS)/*/*/card.json >/dev/null 2>&1; then \

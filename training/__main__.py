@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("checkpoint", type=Path)
 
     z = sub.add_parser("zoo", help="train and publish the whole zoo")
-    z.add_argument("--profile", choices=["quick", "full"], default="quick", help="default quick")
+    z.add_argument("--profile", choices=["quick", "full", "dry-run"], default="quick",
+                   help="quick (CPU-sized), full (paper-sized) or dry-run (one batch per model: "
+                        "seconds, a smoke test, not useful models); default quick")
     z.add_argument("--only", default=None, help="comma-separated subset")
-    z.add_argument("--dry-run", action="store_true", help="one batch per model (for tests)")
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "zoo":
             only = args.only.split(",") if args.only else None
             for path in pipeline.zoo(args.profile, models_root=args.models, runs_root=args.runs,
-                                     only=only, dry_run=args.dry_run, progress=progress):
+                                     only=only, progress=progress):
                 print(path)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

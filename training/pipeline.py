@@ -149,14 +149,14 @@ def export_checkpoint(path: Path, models_root: Path) -> Path:
 
 
 def zoo(profile: str, *, models_root: Path, runs_root: Path, only: list[str] | None = None,
-        dry_run: bool = False, progress: bool = True) -> list[Path]:
+        progress: bool = True) -> list[Path]:
     chosen = recipes.zoo(profile)
     if only:
         chosen = [recipes.get(n) for n in only]
     built = []
     for recipe in chosen:
-        log.info("zoo: %s (%s profile)", recipe.name, "dry-run" if dry_run else profile)
-        path = train(recipe.name, profile="dry-run" if dry_run else profile,
+        log.info("zoo: %s (%s profile)", recipe.name, profile)
+        path = train(recipe.name, profile=profile,
                      models_root=models_root, runs_root=runs_root, progress=progress)
         if path is not None:
             built.append(path)

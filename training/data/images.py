@@ -111,7 +111,7 @@ def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (
         raw = digits.read_splits(seed)
         canonical = _measured_canonical(raw["train"][0], max_value)
     elif name in ("mnist", "fashion-mnist"):
-        folder = _find_root(name, root)
+        folder = find_root(name, root)
         source, max_value = str(folder), 255
         with _hint(name):
             train, test = idx.read_split(folder, "train"), idx.read_split(folder, "test")
@@ -124,7 +124,7 @@ def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (
             labels = FASHION_LABELS
             canonical = _measured_canonical(raw["train"][0], max_value)
     else:  # cifar10
-        root_folder = _find_root(name, root)
+        root_folder = find_root(name, root)
         with _hint(name):
             folder = cifar10.find_dir(root_folder)
             train = cifar10.read_split(folder, cifar10.TRAIN_FILES)
@@ -138,7 +138,7 @@ def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (
                      val=tensors["val"], test=tensors["test"], canonical=canonical)
 
 
-def _find_root(name: str, root: str | None) -> Path:
+def find_root(name: str, root: str | None) -> Path:
     src = _SOURCES[name]
     if root is not None:
         chosen, why = root, "the root argument"
