@@ -47,7 +47,9 @@ models-if-missing: setup
 serve: models-if-missing  ## serve on http://127.0.0.1:$(PORT)
 	$(BIN)/bentoml serve service.app:DLZoo --host 127.0.0.1 --port $(PORT)
 
-test: setup  ## the whole suite (trains tiny models in fixtures, starts a real server)
+test: setup  ## lint, then the whole suite (trains tiny models in fixtures, starts real servers)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 # The bench extra (locust, litserve, fastapi, py-spy...) on top of setup's; `make test` never needs it.

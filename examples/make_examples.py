@@ -1,8 +1,8 @@
 """Make the example inputs the README's commands use: ``python examples/make_examples.py [FOLDER]``.
 
 Every file comes from data this repository already reads, nothing is downloaded:
-- ``digit.png``: a handwritten 3 from scikit-learn's digits test split (seed 0, so never trained on),
-  drawn as dark ink on white paper at 64x64, as a person would draw it.
+- ``digit.png``: a handwritten 3 from scikit-learn's digits test split (seed 0, so never trained
+  on), drawn as dark ink on white paper at 64x64, as a person would draw it.
 - ``fashion.png``: the first ankle boot of Fashion-MNIST's test split, at 112x112, as the data set
   stores it (a light object on black). Needs Debian's ``dataset-fashion-mnist``; skipped without it.
 - ``dates.txt``: one date per line, one line per format the seq2seq model was trained on.
@@ -57,7 +57,11 @@ def dates_txt() -> str:
 def make(folder: Path) -> list[Path]:
     """Write the examples into ``folder``; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"digit.png": digit_png(), "fashion.png": fashion_png(), "dates.txt": dates_txt().encode()}
+    files = {
+        "digit.png": digit_png(),
+        "fashion.png": fashion_png(),
+        "dates.txt": dates_txt().encode(),
+    }
     written = []
     for name, data in files.items():
         if data is None:

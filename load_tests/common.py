@@ -56,10 +56,12 @@ def machine() -> dict:
     for name in ("torch", "bentoml", "litserve", "fastapi", "numpy"):
         try:
             facts[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+        except Exception:
             facts[name] = None
     try:
-        facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+        facts["memory_gb"] = round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1
+        )
     except (ValueError, OSError):
         pass
     return facts
@@ -80,11 +82,10 @@ def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
 
 def latest_version(models: Path, name: str) -> Path | None:
     """``models/<name>/<highest version>``, or None."""
-    folder = Path(models) / name
-    if not folder.is_dir():
-        return None
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()))
-    return folder / str(versions[-1]) if versions else None
+    from service.card import versions
+
+    found = versions(models, name)
+    return Path(models) / name / str(found[-1]) if found else None
 
 
 def zoo_cards(models: Path) -> dict[str, Path]:
@@ -159,13 +160,21 @@ class Server:
         self._log = open(self.log_path, "w")
         env = {**os.environ, **QUIET_THREADS, "PYTHONPATH": str(self.root), **self.env}
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}\n"
-                                   + self.tail())
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}\n"
+                    + self.tail()
+                )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     self.ready_seconds = time.perf_counter() - t0
@@ -174,7 +183,9 @@ class Server:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout} s; log: {self.log_path}\n" + self.tail())
+        raise RuntimeError(
+            f"{self.name} not ready after {timeout} s; log: {self.log_path}\n" + self.tail()
+        )
 
     def tail(self, chars: int = 3000) -> str:
         try:
@@ -209,37 +220,82 @@ def bin_path(name: str) -> str:
 
 
 def ours(models: Path, env: dict[str, str] | None = None, name: str = "dlzoo") -> Server:
-    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo), with a BentoML home of its
-    own: every ``bentoml serve`` empties its home's Prometheus folder at start, which would reset the
-    ``/metrics`` of any other server on the machine sharing it (and theirs ours)."""
+    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo), with a BentoML home of
+    its own: every ``bentoml serve`` empties its home's Prometheus folder at start, which would
+    reset the ``/metrics`` of any other server on the machine sharing it (and theirs ours)."""
     import tempfile
 
     home = tempfile.mkdtemp(prefix="dlzoo-bench-bentoml-")
-    return Server(name, [bin_path("bentoml"), "serve", "service.app:DLZoo", "--host", "127.0.0.1",
-                         "--port", "{port}"],
-                  env={"DLZOO_MODELS": str(models), "BENTOML_HOME": home, **(env or {})})
+    return Server(
+        name,
+        [
+            bin_path("bentoml"),
+            "serve",
+            "service.app:DLZoo",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
+        env={"DLZOO_MODELS": str(models), "BENTOML_HOME": home, **(env or {})},
+    )
 
 
 def naive(models: Path, runs: Path, names: list[str]) -> Server:
-    return Server("naive", [sys.executable, "-m", "load_tests.baselines.naive_server", "--port", "{port}",
-                            "--models", str(models), "--runs", str(runs), "--names", ",".join(names)])
+    return Server(
+        "naive",
+        [
+            sys.executable,
+            "-m",
+            "load_tests.baselines.naive_server",
+            "--port",
+            "{port}",
+            "--models",
+            str(models),
+            "--runs",
+            str(runs),
+            "--names",
+            ",".join(names),
+        ],
+    )
 
 
 def litserve(models: Path, names: list[str], max_batch: int, batch_timeout: float) -> Server:
-    return Server("litserve", [sys.executable, "-m", "load_tests.baselines.litserve_server",
-                               "--port", "{port}", "--models", str(models), "--names", ",".join(names),
-                               "--max-batch", str(max_batch), "--batch-timeout", str(batch_timeout)],
-                  ready_path="/health")
+    return Server(
+        "litserve",
+        [
+            sys.executable,
+            "-m",
+            "load_tests.baselines.litserve_server",
+            "--port",
+            "{port}",
+            "--models",
+            str(models),
+            "--names",
+            ",".join(names),
+            "--max-batch",
+            str(max_batch),
+            "--batch-timeout",
+            str(batch_timeout),
+        ],
+        ready_path="/health",
+    )
 
 
 def _role(cmd: str) -> str:
-    return ("inference" if "--service-name dlzoo-inference" in cmd
-            else "front" if "--service-name dlzoo " in cmd else "other")
+    return (
+        "inference"
+        if "--service-name dlzoo-inference" in cmd
+        else "front"
+        if "--service-name dlzoo " in cmd
+        else "other"
+    )
 
 
 def process_cpu(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (role, CPU seconds (user + system) used so far) for a process and its descendants;
-    roles: ``front`` and ``inference`` for our two BentoML services' workers, ``other`` for the rest."""
+    roles: ``front`` and ``inference`` for our two BentoML services' workers, ``other`` for the
+    rest."""
     tick = os.sysconf("SC_CLK_TCK")
     stats, children = {}, {}
     for entry in Path("/proc").iterdir():
@@ -250,7 +306,7 @@ def process_cpu(root: int) -> dict[int, tuple[str, float]]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
         pid, ppid = int(entry.name), int(fields[1])
         stats[pid] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
         children.setdefault(ppid, []).append(pid)
@@ -274,25 +330,31 @@ def by_role(procs: dict[int, tuple[str, float]]) -> dict[str, float]:
 
 
 def tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds used so far by a process and its descendants, by role (see :func:`process_cpu`)."""
+    """CPU seconds used so far by a process and its descendants, by role (see
+    :func:`process_cpu`)."""
     return by_role(process_cpu(root))
 
 
-def ours_defaults():  # noqa: ANN201 - (service.settings.Settings, bool)
+def ours_defaults():
     """Our server's settings as this environment gives them, and whether its front workers run the
     classifiers themselves (service/settings.py decides; on a CPU they do)."""
-    from service import runtime
     from service.settings import Settings
 
     settings = Settings.from_env()
-    return settings, settings.classify_in_front(runtime.gpu_expected(runtime.RuntimeConfig.from_env()))
+    return settings, settings.classifiers_in_front
 
 
-def front_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> list[float]:
-    """Each front worker's share of the front's CPU between two :func:`process_cpu` readings, largest
-    first: how evenly the clients' connections spread over the workers (a worker serves the
+def front_shares(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> list[float]:
+    """Each front worker's share of the front's CPU between two :func:`process_cpu` readings,
+    largest first: how evenly the clients' connections spread over the workers (a worker serves the
     connections it accepted, for as long as they stay open)."""
-    used = [after[pid][1] - before.get(pid, (role, 0.0))[1] for pid, (role, _) in after.items() if role == "front"]
+    used = [
+        after[pid][1] - before.get(pid, (role, 0.0))[1]
+        for pid, (role, _) in after.items()
+        if role == "front"
+    ]
     total = sum(used)
     return sorted((u / total for u in used), reverse=True) if total > 0 and len(used) > 1 else []
 

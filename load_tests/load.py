@@ -19,17 +19,41 @@ from load_tests import common
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m load_tests.load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m load_tests.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--duration", default="60s", help="locust run time, e.g. 30s, 2m (default 60s)")
     p.add_argument("--users", type=int, default=16, help="simulated users (default 16)")
-    p.add_argument("--spawn-rate", type=float, default=8.0, help="users started per second (default 8)")
-    p.add_argument("--models", type=Path, default=Path(os.environ.get("DLZOO_MODELS", common.ROOT / "models")),
-                   help="model repository (default $DLZOO_MODELS or models/)")
-    p.add_argument("--out", type=Path, default=common.RESULTS, help="where the CSV and HTML go (default load_tests/results)")
-    p.add_argument("--host", default=None, help="an already running server instead of starting one (default: start one)")
-    p.add_argument("--strict", action="store_true",
-                   help="also fail when an endpoint was skipped because the server does not serve it (default: off)")
+    p.add_argument(
+        "--spawn-rate", type=float, default=8.0, help="users started per second (default 8)"
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=Path(os.environ.get("DLZOO_MODELS", common.ROOT / "models")),
+        help="model repository (default $DLZOO_MODELS or models/)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=common.RESULTS,
+        help="where the CSV and HTML go (default load_tests/results)",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="an already running server instead of starting one (default: start one)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            "also fail when an endpoint was skipped because the server does not serve it "
+            "(default: off)"
+        ),
+    )
     return p.parse_args(argv)
 
 
@@ -49,13 +73,15 @@ def check(prefix: Path) -> tuple[list[str], dict]:
             for r in csv.DictReader(f):
                 error = r.get("Error", "")
                 tag = "5xx: " if re.search(r"\b5\d\d\b", error) else ""
-                problems.append(f"{tag}{r.get('Method')} {r.get('Name')}: {r.get('Occurrences')}x {error[:200]}")
+                problems.append(
+                    f"{tag}{r.get('Method')} {r.get('Name')}: {r.get('Occurrences')}x {error[:200]}"
+                )
     return problems, total
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / f"load-{stamp}"
     server = None
@@ -65,27 +91,56 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         print(f"load: ready in {server.ready_seconds:.1f} s at {server.url}", flush=True)
     host = args.host or server.url
-    cmd = [common.bin_path("locust"), "-f", str(common.ROOT / "load_tests" / "locustfile.py"), "--headless",
-           "--host", host, "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.duration,
-           "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--stop-timeout", "30"]
+    cmd = [
+        common.bin_path("locust"),
+        "-f",
+        str(common.ROOT / "load_tests" / "locustfile.py"),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        args.duration,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+    ]
     try:
-        proc = subprocess.run(cmd, cwd=common.ROOT, env={**os.environ, "PYTHONPATH": str(common.ROOT)},
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd,
+            cwd=common.ROOT,
+            env={**os.environ, "PYTHONPATH": str(common.ROOT)},
+            capture_output=True,
+            text=True,
+        )
     finally:
         if server is not None:
             server.stop()
     sys.stdout.write(proc.stdout[-6000:])
     sys.stderr.write(proc.stderr[-6000:])
-    skipped = [line.split(":", 1)[1].strip() for line in (proc.stdout + proc.stderr).splitlines()
-               if line.startswith("SKIPPED ENDPOINTS:")]
+    skipped = [
+        line.split(":", 1)[1].strip()
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.startswith("SKIPPED ENDPOINTS:")
+    ]
     problems, total = check(prefix)
     if skipped:
         print(f"load: skipped (not served): {skipped[-1]}")
         if args.strict:
             problems.append(f"endpoints not served: {skipped[-1]}")
-    print(f"load: {total.get('Request Count', 0)} requests, {total.get('Failure Count', 0)} failures, "
-          f"{float(total.get('Requests/s', 0) or 0):.1f} req/s, p99 {total.get('99%', '?')} ms; "
-          f"report {prefix}.html, CSV {prefix}_stats.csv")
+    print(
+        f"load: {total.get('Request Count', 0)} requests, "
+        f"{total.get('Failure Count', 0)} failures, "
+        f"{float(total.get('Requests/s', 0) or 0):.1f} req/s, p99 {total.get('99%', '?')} ms; "
+        f"report {prefix}.html, CSV {prefix}_stats.csv"
+    )
     if problems:
         print("load: FAILED\n  " + "\n  ".join(problems))
         return 1

@@ -1,4 +1,5 @@
-"""The load generator: its own process, asyncio + aiohttp (uvloop when installed), small per request.
+"""The load generator: its own process, asyncio + aiohttp (uvloop when installed), small per
+request.
 
 It shares the machine's 2 cores with the server it measures: every request it sends costs CPU the
 server cannot use. Bodies are built once, before the clock starts (multipart by hand), responses
@@ -33,15 +34,22 @@ import numpy as np
 BOUNDARY_PREFIX = "dlzoo-bench-"
 
 
-def multipart(fields: dict[str, str], file: bytes, file_field: str = "image",
-              filename: str = "digit.png") -> tuple[bytes, str]:
+def multipart(
+    fields: dict[str, str], file: bytes, file_field: str = "image", filename: str = "digit.png"
+) -> tuple[bytes, str]:
     """A multipart/form-data body and its Content-Type, built once."""
     boundary = BOUNDARY_PREFIX + uuid.uuid4().hex
     parts = []
     for k, v in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
-                 f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode() + file + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+        f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + file
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -52,12 +60,19 @@ def prepare(bodies: list[dict]) -> list[tuple[bytes, str]]:
         if "json" in b:
             out.append((json.dumps(b["json"]).encode(), "application/json"))
         else:
-            out.append(multipart({k: str(v) for k, v in b.get("fields", {}).items()},
-                                 base64.b64decode(b["file"]), b.get("file_field", "image")))
+            out.append(
+                multipart(
+                    {k: str(v) for k, v in b.get("fields", {}).items()},
+                    base64.b64decode(b["file"]),
+                    b.get("file_field", "image"),
+                )
+            )
     return out
 
 
-def summarize(records: list[tuple[float, float, int]], t_start: float, t_end: float, duration: float) -> dict:
+def summarize(
+    records: list[tuple[float, float, int]], t_start: float, t_end: float, duration: float
+) -> dict:
     """records: (sent, answered, status) with perf_counter times; the window is [t_start, t_end]."""
     kept = [(s, e, st) for s, e, st in records if s >= t_start and e <= t_end]
     ok = [e - s for s, e, st in kept if 200 <= st < 300]
@@ -65,9 +80,14 @@ def summarize(records: list[tuple[float, float, int]], t_start: float, t_end: fl
     for _, _, st in kept:
         statuses[str(st)] = statuses.get(str(st), 0) + 1
     lat = np.asarray(ok) * 1e3
-    out = {"requests": len(kept), "ok": len(ok), "statuses": statuses,
-           "errors": len(kept) - len(ok), "throughput": len(ok) / duration,
-           "mean_ms": float(lat.mean()) if lat.size else None}
+    out = {
+        "requests": len(kept),
+        "ok": len(ok),
+        "statuses": statuses,
+        "errors": len(kept) - len(ok),
+        "throughput": len(ok) / duration,
+        "mean_ms": float(lat.mean()) if lat.size else None,
+    }
     for q in (50, 90, 95, 99):
         out[f"p{q}_ms"] = float(np.percentile(lat, q)) if lat.size else None
     return out
@@ -88,17 +108,23 @@ async def _send(session, url, body, ctype) -> int:
         async with session.post(url, data=body, headers={"Content-Type": ctype}) as r:
             await r.read()
             return r.status
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return 599  # connection-level failure, counted as an error
 
 
 async def closed_loop(spec: dict) -> dict:
     url = spec["url"] + spec["path"]
     bodies = prepare(spec["bodies"])
-    conc, warmup, duration = int(spec["concurrency"]), float(spec["warmup"]), float(spec["duration"])
+    conc, warmup, duration = (
+        int(spec["concurrency"]),
+        float(spec["warmup"]),
+        float(spec["duration"]),
+    )
     records: list[tuple[float, float, int]] = []
     timeout = aiohttp.ClientTimeout(total=spec.get("timeout", 60))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc + 2), timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=conc + 2), timeout=timeout
+    ) as session:
         t0 = time.perf_counter()
         t_start, t_end = t0 + warmup, t0 + warmup + duration
         metrics: dict[str, str | None] = {}
@@ -125,9 +151,15 @@ async def closed_loop(spec: dict) -> dict:
         cpu = time.process_time() - cpu0
     out = summarize(records, t_start, t_end, duration)
     # the generator's own CPU: the share of one core it took from the server under test
-    out.update(mode="closed", concurrency=conc, duration=duration, metrics=metrics,
-               client_cpu_share=cpu / (warmup + duration), client_cpu_ms_per_request=1e3 * cpu / max(1, len(records)),
-               total_requests=len(records))
+    out.update(
+        mode="closed",
+        concurrency=conc,
+        duration=duration,
+        metrics=metrics,
+        client_cpu_share=cpu / (warmup + duration),
+        client_cpu_ms_per_request=1e3 * cpu / max(1, len(records)),
+        total_requests=len(records),
+    )
     return out
 
 
@@ -143,7 +175,9 @@ async def open_loop(spec: dict) -> dict:
     lag: list[float] = []
     dropped = 0
     timeout = aiohttp.ClientTimeout(total=spec.get("timeout", 60))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cap), timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cap), timeout=timeout
+    ) as session:
         t0 = time.perf_counter()
         t_start, t_end = t0 + warmup, t0 + warmup + duration
         tasks: set[asyncio.Task] = set()
@@ -175,8 +209,13 @@ async def open_loop(spec: dict) -> dict:
         # the window is charged its full latency (a late answer is a slow one, not a missing one)
         t_after = time.perf_counter()
     out = summarize(records, t_start, t_after, duration)
-    out.update(mode="open", rate=rate, duration=duration, dropped=dropped,
-               send_lag_p99_ms=float(np.percentile(np.asarray(lag) * 1e3, 99)) if lag else None)
+    out.update(
+        mode="open",
+        rate=rate,
+        duration=duration,
+        dropped=dropped,
+        send_lag_p99_ms=float(np.percentile(np.asarray(lag) * 1e3, 99)) if lag else None,
+    )
     return out
 
 
@@ -187,7 +226,9 @@ async def stream(spec: dict) -> dict:
     conc, per_client = int(spec["concurrency"]), int(spec.get("requests", 1))
     streams: list[dict] = []
     timeout = aiohttp.ClientTimeout(total=spec.get("timeout", 300))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc + 2), timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=conc + 2), timeout=timeout
+    ) as session:
 
         async def one(body: bytes, ctype: str) -> dict:
             sent = time.perf_counter()
@@ -214,12 +255,19 @@ async def stream(spec: dict) -> dict:
                                     error = line[5:].strip()
                             elif not line:
                                 event = "message"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             end = time.perf_counter()
-            return {"status": status, "events": events, "ttft_ms": (first - sent) * 1e3 if first else None,
-                    "total_ms": (end - sent) * 1e3, "done": finish, "error": error,
-                    "sent": sent, "end": end}
+            return {
+                "status": status,
+                "events": events,
+                "ttft_ms": (first - sent) * 1e3 if first else None,
+                "total_ms": (end - sent) * 1e3,
+                "done": finish,
+                "error": error,
+                "sent": sent,
+                "end": end,
+            }
 
         async def client(i: int) -> None:
             for j in range(per_client):
@@ -233,14 +281,21 @@ async def stream(spec: dict) -> dict:
     tokens = sum(s["events"] for s in good)
     ttft = [s["ttft_ms"] for s in good if s["ttft_ms"] is not None]
     per_stream = [s["events"] / (s["total_ms"] / 1e3) for s in good if s["total_ms"] > 0]
-    return {"mode": "stream", "concurrency": conc, "streams": len(streams), "ok": len(good),
-            "statuses": sorted({s["status"] for s in streams}),
-            "errors": [s["error"] for s in streams if s["error"]][:5],
-            "wall_s": wall, "tokens": tokens, "aggregate_tokens_per_s": tokens / wall if wall else None,
-            "per_stream_tokens_per_s_median": float(np.median(per_stream)) if per_stream else None,
-            "ttft_p50_ms": float(np.percentile(ttft, 50)) if ttft else None,
-            "ttft_p99_ms": float(np.percentile(ttft, 99)) if ttft else None,
-            "finish_reasons": sorted({str((s["done"] or {}).get("finish_reason")) for s in good})}
+    return {
+        "mode": "stream",
+        "concurrency": conc,
+        "streams": len(streams),
+        "ok": len(good),
+        "statuses": sorted({s["status"] for s in streams}),
+        "errors": [s["error"] for s in streams if s["error"]][:5],
+        "wall_s": wall,
+        "tokens": tokens,
+        "aggregate_tokens_per_s": tokens / wall if wall else None,
+        "per_stream_tokens_per_s_median": float(np.median(per_stream)) if per_stream else None,
+        "ttft_p50_ms": float(np.percentile(ttft, 50)) if ttft else None,
+        "ttft_p99_ms": float(np.percentile(ttft, 99)) if ttft else None,
+        "finish_reasons": sorted({str((s["done"] or {}).get("finish_reason")) for s in good}),
+    }
 
 
 MODES = {"closed": closed_loop, "open": open_loop, "stream": stream}

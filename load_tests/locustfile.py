@@ -1,7 +1,8 @@
 """Locust scenario: one task per endpoint, weighted like a plausible day of traffic.
 
     locust -f load_tests/locustfile.py --host http://127.0.0.1:3000        # web UI
-    make load DURATION=60s                                                  # headless, fails on any failure
+    make load DURATION=60s                                                  # headless, fails on any
+                                                                            # failure
 
 Classification (real handwritten digits as PNG, lenet5 and resnet18) dominates; generation,
 translation and the generative endpoints follow. Every answer is checked (status, and a field or
@@ -23,29 +24,41 @@ from load_tests.loadgen import multipart
 log = logging.getLogger("locustfile")
 
 PNGS = digit_pngs(64, seed=1)
-CLASSIFY = [multipart({"model": m, "top_k": "3"}, png) for png, _ in PNGS for m in ("lenet5", "resnet18")]
+CLASSIFY = [
+    multipart({"model": m, "top_k": "3"}, png) for png, _ in PNGS for m in ("lenet5", "resnet18")
+]
 RECONSTRUCT = [multipart({"model": "vae", "format": "json"}, png) for png, _ in PNGS[:16]]
 PROMPTS = ["The ", "def ", "Return ", "import ", "In the "]
-DATES = ["3 March 2021", "March 3rd, 2021", "03.03.2021", "2021/03/03", "3/3/2021", "Wed 3 Mar 2021",
-         "20210303", "3rd of March 2021", "march 3 2021", "Mar. 3, 2021"]
+DATES = [
+    "3 March 2021",
+    "March 3rd, 2021",
+    "03.03.2021",
+    "2021/03/03",
+    "3/3/2021",
+    "Wed 3 Mar 2021",
+    "20210303",
+    "3rd of March 2021",
+    "march 3 2021",
+    "Mar. 3, 2021",
+]
 AVAILABLE: set[str] | None = None  # routes in the server's OpenAPI document
 SKIPPED: set[str] = set()
 
 
 @events.test_start.add_listener
-def _routes(environment, **_kwargs) -> None:  # noqa: ANN001
+def _routes(environment, **_kwargs) -> None:
     global AVAILABLE
     import urllib.request
 
     try:
         with urllib.request.urlopen(environment.host.rstrip("/") + "/docs.json", timeout=10) as r:
             AVAILABLE = set(json.load(r).get("paths", {}))
-    except Exception as exc:  # noqa: BLE001 - without the document every task runs
+    except Exception as exc:
         log.warning("could not read /docs.json (%s): running every task", exc)
 
 
 @events.quitting.add_listener
-def _report_skipped(environment, **_kwargs) -> None:  # noqa: ANN001
+def _report_skipped(environment, **_kwargs) -> None:
     if SKIPPED:
         log.warning("skipped, not served: %s", ", ".join(sorted(SKIPPED)))
         print(f"SKIPPED ENDPOINTS: {','.join(sorted(SKIPPED))}", flush=True)
@@ -63,7 +76,7 @@ def served(path: str) -> bool:
 class ZooUser(FastHttpUser):
     wait_time = between(0.05, 0.3)
 
-    def _json(self, path: str, body: dict, check) -> None:  # noqa: ANN001
+    def _json(self, path: str, body: dict, check) -> None:
         if not served(path):
             return
         with self.client.post(path, json=body, catch_response=True, name=path) as r:
@@ -75,8 +88,13 @@ class ZooUser(FastHttpUser):
     @task(10)
     def classify(self) -> None:
         body, ctype = random.choice(CLASSIFY)
-        with self.client.post("/classify", data=body, headers={"Content-Type": ctype}, catch_response=True,
-                              name="/classify") as r:
+        with self.client.post(
+            "/classify",
+            data=body,
+            headers={"Content-Type": ctype},
+            catch_response=True,
+            name="/classify",
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {(r.text or '')[:200]}")
             elif len(r.json().get("predictions", [])) != 3:
@@ -84,19 +102,36 @@ class ZooUser(FastHttpUser):
 
     @task(2)
     def generate(self) -> None:
-        self._json("/generate", {"model": "lstm", "prompt": random.choice(PROMPTS), "max_new_tokens": 100,
-                                 "temperature": 0.8, "top_k": None, "top_p": 0.95,
-                                 "seed": random.randrange(1 << 31), "stop": []},
-                   lambda r: isinstance(r.json().get("text"), str))
+        self._json(
+            "/generate",
+            {
+                "model": "lstm",
+                "prompt": random.choice(PROMPTS),
+                "max_new_tokens": 100,
+                "temperature": 0.8,
+                "top_k": None,
+                "top_p": 0.95,
+                "seed": random.randrange(1 << 31),
+                "stop": [],
+            },
+            lambda r: isinstance(r.json().get("text"), str),
+        )
 
     @task(2)
     def generate_stream(self) -> None:
         path = "/generate_stream"
         if not served(path):
             return
-        body = {"model": random.choice(["lstm", "gru", "rnn"]), "prompt": random.choice(PROMPTS),
-                "max_new_tokens": 100, "temperature": 0.8, "top_k": 20, "top_p": 1.0,
-                "seed": random.randrange(1 << 31), "stop": []}
+        body = {
+            "model": random.choice(["lstm", "gru", "rnn"]),
+            "prompt": random.choice(PROMPTS),
+            "max_new_tokens": 100,
+            "temperature": 0.8,
+            "top_k": 20,
+            "top_p": 1.0,
+            "seed": random.randrange(1 << 31),
+            "stop": [],
+        }
         with self.client.post(path, json=body, catch_response=True, name=path) as r:
             text = r.text or ""
             if r.status_code != 200:
@@ -106,19 +141,40 @@ class ZooUser(FastHttpUser):
 
     @task(3)
     def translate(self) -> None:
-        self._json("/translate", {"model": "seq2seq", "text": random.choice(DATES), "beam_width": 3,
-                                  "num_return": 2, "max_length": 12},
-                   lambda r: r.json().get("output") == "2021-03-03")
+        self._json(
+            "/translate",
+            {
+                "model": "seq2seq",
+                "text": random.choice(DATES),
+                "beam_width": 3,
+                "num_return": 2,
+                "max_length": 12,
+            },
+            lambda r: r.json().get("output") == "2021-03-03",
+        )
 
     @task(2)
     def sample(self) -> None:
         if random.random() < 0.5:
-            self._json("/sample", {"model": random.choice(["vae", "gan"]), "count": 16,
-                                   "seed": random.randrange(1 << 31), "format": "json"},
-                       lambda r: len(r.json().get("images", [])) == 16)
+            self._json(
+                "/sample",
+                {
+                    "model": random.choice(["vae", "gan"]),
+                    "count": 16,
+                    "seed": random.randrange(1 << 31),
+                    "format": "json",
+                },
+                lambda r: len(r.json().get("images", [])) == 16,
+            )
         elif served("/sample"):
-            body = {"model": random.choice(["vae", "gan"]), "count": 16, "seed": random.randrange(1 << 31)}
-            with self.client.post("/sample", json=body, catch_response=True, name="/sample (png)") as r:
+            body = {
+                "model": random.choice(["vae", "gan"]),
+                "count": 16,
+                "seed": random.randrange(1 << 31),
+            }
+            with self.client.post(
+                "/sample", json=body, catch_response=True, name="/sample (png)"
+            ) as r:
                 if r.status_code != 200 or not (r.content or b"").startswith(b"\x89PNG"):
                     r.failure(f"HTTP {r.status_code}, not a PNG")
 
@@ -127,8 +183,13 @@ class ZooUser(FastHttpUser):
         if not served("/reconstruct"):
             return
         body, ctype = random.choice(RECONSTRUCT)
-        with self.client.post("/reconstruct", data=body, headers={"Content-Type": ctype}, catch_response=True,
-                              name="/reconstruct") as r:
+        with self.client.post(
+            "/reconstruct",
+            data=body,
+            headers={"Content-Type": ctype},
+            catch_response=True,
+            name="/reconstruct",
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {(r.text or '')[:200]}")
             elif "reconstruction" not in r.json():
@@ -136,7 +197,15 @@ class ZooUser(FastHttpUser):
 
     @task(1)
     def interpolate(self) -> None:
-        self._json("/interpolate", {"model": random.choice(["vae", "gan"]), "seed_from": random.randrange(1000),
-                                    "seed_to": random.randrange(1000), "steps": 8, "method": "slerp",
-                                    "format": "json"},
-                   lambda r: len(r.json().get("images", [])) == 8)
+        self._json(
+            "/interpolate",
+            {
+                "model": random.choice(["vae", "gan"]),
+                "seed_from": random.randrange(1000),
+                "seed_to": random.randrange(1000),
+                "steps": 8,
+                "method": "slerp",
+                "format": "json",
+            },
+            lambda r: len(r.json().get("images", [])) == 8,
+        )

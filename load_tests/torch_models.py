@@ -38,8 +38,12 @@ def _from_card(card: Card) -> nn.Module:
     recipe = recipes.get(card.architecture if card.architecture in recipes.RECIPES else card.name)
     if card.task == "classify":
         pre = card.preprocess
-        net = recipe.builder(num_classes=len(card.labels), in_channels=pre.channels,
-                             input_size=tuple(pre.size), **args)
+        net = recipe.builder(
+            num_classes=len(card.labels),
+            in_channels=pre.channels,
+            input_size=tuple(pre.size),
+            **args,
+        )
         return pipeline.Normalized(net, pre.mean, pre.std).eval()
     return recipe.builder(**args).eval()
 
@@ -52,7 +56,7 @@ def whole_model(card: Card, runs: Path) -> tuple[nn.Module, str]:
             ckpt = load_checkpoint(path)
             model = pipeline.rebuild(ckpt) if card.task == "classify" else recipes.rebuild(ckpt)
             return model.eval(), f"checkpoint {path}"
-        except Exception as exc:  # noqa: BLE001 - fall back, and say so
+        except Exception as exc:
             return _from_card(card), f"random weights ({path} did not load: {exc})"
     return _from_card(card), f"random weights (no {path})"
 
@@ -63,7 +67,8 @@ def module_for(card: Card, role: str, runs: Path) -> tuple[nn.Module, str]:
 
 
 def example_inputs(card: Card, role: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs shaped by the card (symbolic axes -> ``batch``): valid token ids, a true first mask."""
+    """Inputs shaped by the card (symbolic axes -> ``batch``): valid token ids, a true first
+    mask."""
     rng = np.random.default_rng(seed)
     vocab = len(card.vocab.tokens) if card.vocab else 2
     feeds = {}

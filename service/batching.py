@@ -1,15 +1,11 @@
 """Continuous batching: each call takes every request that arrived while the previous call ran.
 
-Used for classification in place of BentoML's adaptive batching (``batchable=True``), deliberately.
-Measured on this 2-core machine (BENCHMARKS.md, resnet18 at 32 clients): BentoML's ``CorkDispatcher``
-runs one batch at a time and holds requests back until a wait it learns from past traffic has
-passed (``n * (wn + dt + a) <= wait * 0.95`` in ``bentoml/_internal/marshal/dispatcher.py``), so
-requests queued ~170 ms (p50) in front of ~6 ms batches while both processes had CPU to spare, a
-lone request after a busy period waited for the busy period's learned wait, and the first seconds
-after start-up waited up to ``max_latency``-derived guesses. Here nothing waits on purpose: a
-request arriving at an idle batcher runs at once (alone); under load the batch is whatever queued
-during the last call, so batches grow exactly as fast as the model falls behind. The same idea as
-the generation step loop (service/generation.py), for requests that take one call.
+Used for classification instead of BentoML's adaptive batching (``batchable=True``), which runs one
+batch at a time and holds requests back for a wait it learns from past traffic (measured in
+load_tests/FINDINGS.md). Here nothing waits on purpose: a request arriving at an idle batcher runs
+at once, alone; under load a batch is whatever queued during the last call, so batches grow
+exactly as fast as the model falls behind. The generation step loop (service/sequence.py) does
+the same for requests that take many calls.
 
 Requests that have waited longer than ``max_wait`` seconds when their batch is formed are refused
 (``Overloaded``) instead of being run late: the caller answers 503 and the client may retry.
@@ -20,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,8 +33,14 @@ class Batcher(Generic[T, R]):
     most ``max_batch`` items, one batch at a time, in a worker thread (ONNX Runtime releases the
     GIL, so the event loop keeps accepting requests meanwhile)."""
 
-    def __init__(self, run: Callable[[list[T]], list[R]], *, max_batch: int, max_wait: float,
-                 name: str = "batch"):
+    def __init__(
+        self,
+        run: Callable[[list[T]], list[R]],
+        *,
+        max_batch: int,
+        max_wait: float,
+        name: str = "batch",
+    ):
         self.run = run
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -63,8 +66,12 @@ class Batcher(Generic[T, R]):
             if future.done():  # its caller has gone
                 continue
             if now - queued > self.max_wait:
-                future.set_exception(Overloaded(f"waited {now - queued:.1f} s for its turn, over the "
-                                                f"limit of {self.max_wait:.1f} s"))
+                future.set_exception(
+                    Overloaded(
+                        f"waited {now - queued:.1f} s for its turn, over the "
+                        f"limit of {self.max_wait:.1f} s"
+                    )
+                )
                 continue
             batch.append((item, future))
         return batch
@@ -80,8 +87,10 @@ class Batcher(Generic[T, R]):
             if not batch:
                 continue
             try:
-                results: list[Any] = await loop.run_in_executor(self._thread, self.run, [i for i, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - the batch's callers get the error, the loop goes on
+                results: list[Any] = await loop.run_in_executor(
+                    self._thread, self.run, [i for i, _ in batch]
+                )
+            except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

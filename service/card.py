@@ -100,8 +100,8 @@ class Preprocess(_Strict):
     composite alpha over ``background``, convert to ``channels``, bring the object to ``ink``
     polarity (``light``: light object on a dark background, as in digits/MNIST), frame it as
     ``framing`` says at ``native_size`` (the resolution the dataset was captured at), stretch the
-    contrast to [0, 1] if ``stretch_contrast``, then resize to ``size``. ``mean``/``std`` are applied
-    by the service only when ``normalization_in_graph`` is false.
+    contrast to [0, 1] if ``stretch_contrast``, then resize to ``size``. ``mean``/``std`` are
+    applied by the service only when ``normalization_in_graph`` is false.
     """
 
     size: tuple[int, int]  # (height, width) of the graph's input
@@ -205,11 +205,14 @@ class Card(_Strict):
         return f"{self.name}@{self.version}"
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=False) + "\n"
+        return (
+            json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=False)
+            + "\n"
+        )
 
 
 def load_card(path: str | Path) -> Card:
-    """Parse and validate a card.json; raises ``ValueError`` (pydantic's included) naming the file."""
+    """Parse and validate a card.json; ``ValueError`` (pydantic's included) names the file."""
     path = Path(path)
     try:
         return Card.model_validate_json(path.read_bytes())
@@ -223,6 +226,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def versions(models_root: str | Path, name: str) -> list[int]:
+    """The versions of ``name`` in a model repository (``<name>/<digits>`` folders), ascending."""
+    folder = Path(models_root) / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def version_folders(models_root: str | Path) -> list[Path]:
+    """Every ``<name>/<version>`` folder of a model repository, by name then version. Dot folders
+    are exports in progress (training/export.py writes one, then renames it into place)."""
+    root = Path(models_root)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [root / name / str(v) for name in names for v in versions(root, name)]
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None]:

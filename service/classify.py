@@ -1,8 +1,9 @@
-"""Classification of a batch that may mix models: one ONNX call per model, top-k per item.
+"""Classification: one interface whether the classifiers run in this process or in Inference.
 
-Plain numpy over the catalog's sessions, no HTTP: the batcher (service/batching.py) hands its
-batches here. A bad item gets an error result (status + message) instead of failing its batch,
-since an exception raised for a batch would reach every request in it.
+``LocalClassifier`` batches continuously (service/batching.py) over this process's sessions; a
+batch may mix models and runs one ONNX call per model. ``RemoteClassifier`` hands each item to the
+Inference service, whose own ``LocalClassifier`` batches it. Where they run is decided once, by
+``Settings.classifiers_in_front``. A bad item gets a failure answer instead of failing its batch.
 """
 
 from __future__ import annotations
@@ -10,12 +11,27 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
-from service.catalog import Catalog
-from service.errors import ClientError
+from service.batching import Batcher, Overloaded
+from service.errors import ClientError, Failure, ServiceUnavailableError
+from service.metrics import STAGE_SECONDS, observe_call
+from service.repository import Catalog
+
+
+class Item(TypedDict):
+    model: str  # name@version, resolved by the front
+    pixels: np.ndarray  # (C, H, W) float32 in [0, 1], preprocessed with the card's recipe
+    top_k: int
+    sent: float  # epoch seconds when the front handed it on
+
+
+class Classifier(Protocol):
+    async def classify(self, item: Item) -> dict[str, Any]:
+        """The result, or a failure answer (service.errors.unwrap raises it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -34,9 +50,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classify_items(catalog: Catalog, items: list[dict[str, Any]],
-                   now: float | None = None) -> tuple[list[dict[str, Any]], list[Call]]:
-    """items: ``{model: "name@version", pixels: (C, H, W) float32, top_k, sent: epoch seconds}``."""
+def classify_items(
+    catalog: Catalog, items: list[Item], now: float | None = None
+) -> tuple[list[dict[str, Any]], list[Call]]:
+    """One batch that may mix models: results in the items' order, and the ONNX calls made."""
     started = time.time() if now is None else now
     results: list[dict[str, Any]] = [{} for _ in items]
     calls: list[Call] = []
@@ -45,14 +62,10 @@ def classify_items(catalog: Catalog, items: list[dict[str, Any]],
         groups[item["model"]].append(i)
     for ref, idx in groups.items():
         try:
-            entry = catalog.resolve(ref, ["classify"])
-        except ClientError as exc:
+            entry = catalog.loaded(ref)
+        except (ClientError, ServiceUnavailableError) as exc:
             for i in idx:
-                results[i] = {"error": str(exc), "status": exc.status}
-            continue
-        if "model" not in entry.sessions:  # this process does not run classifiers (DLZOO_CLASSIFY_IN)
-            for i in idx:
-                results[i] = {"error": f"model: {ref} is not loaded in this process", "status": 503}
+                results[i] = Failure.of(exc).answer()
             continue
         spec = entry.card.io["model"].inputs[0]
         want = tuple(spec.shape[1:])
@@ -60,12 +73,14 @@ def classify_items(catalog: Catalog, items: list[dict[str, Any]],
         for i in idx:
             shape = tuple(np.shape(items[i]["pixels"]))
             if shape != want:
-                results[i] = {"error": f"pixels: shape {shape}, {ref} takes {want}", "status": 400}
+                results[i] = Failure(400, f"pixels: shape {shape}, {ref} takes {want}").answer()
             else:
                 good.append(i)
         if not good:
             continue
-        x = np.stack([items[i]["pixels"] for i in good]).astype(np.float32, copy=False)  # (B, C, H, W)
+        x = np.stack([items[i]["pixels"] for i in good]).astype(
+            np.float32, copy=False
+        )  # (B, C, H, W)
         t0 = time.perf_counter()
         logits = entry.sessions["model"].run(None, {spec.name: x})[0]  # (B, classes)
         seconds = time.perf_counter() - t0
@@ -76,10 +91,56 @@ def classify_items(catalog: Catalog, items: list[dict[str, Any]],
             top = np.argsort(-probs[row], kind="stable")[: items[i]["top_k"]]
             queue = max(0.0, started - items[i]["sent"])
             results[i] = {
-                "model": entry.name, "version": entry.version, "provider": entry.provider,
-                "predictions": [{"label": names[j], "index": int(j), "probability": float(probs[row, j])}
-                                for j in top],
-                "timings_ms": {"queue": round(queue * 1e3, 3), "inference": round(seconds * 1e3, 3)},
+                "model": entry.name,
+                "version": entry.version,
+                "provider": entry.provider,
+                "predictions": [
+                    {"label": names[j], "index": int(j), "probability": float(probs[row, j])}
+                    for j in top
+                ],
+                "timings_ms": {
+                    "queue": round(queue * 1e3, 3),
+                    "inference": round(seconds * 1e3, 3),
+                },
                 "batch_size": len(good),
             }
     return results, calls
+
+
+class LocalClassifier:
+    """Continuous batching over ``catalog``'s classifier sessions, with its metrics."""
+
+    def __init__(self, catalog: Catalog, max_batch: int, max_wait: float) -> None:
+        self.catalog = catalog
+        self.batcher = Batcher(self._run, max_batch=max_batch, max_wait=max_wait, name="classify")
+
+    async def classify(self, item: Item) -> dict[str, Any]:
+        try:
+            return await self.batcher.submit(item)
+        except Overloaded as exc:
+            return Failure(503, f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)").answer()
+
+    def _run(self, items: list[Item]) -> list[dict[str, Any]]:
+        results, calls = classify_items(self.catalog, items)
+        for call in calls:
+            observe_call(call.model, call.provider, call.items, call.seconds)
+        for r in results:
+            if "failure" not in r:
+                labels = {"model": f"{r['model']}@{r['version']}", "provider": r["provider"]}
+                STAGE_SECONDS.labels(stage="queue", **labels).observe(
+                    r["timings_ms"]["queue"] / 1e3
+                )
+                STAGE_SECONDS.labels(stage="inference", **labels).observe(
+                    r["timings_ms"]["inference"] / 1e3
+                )
+        return results
+
+
+class RemoteClassifier:
+    """The Inference service's classifiers (``inference``: BentoML's client of it)."""
+
+    def __init__(self, inference) -> None:
+        self.inference = inference
+
+    async def classify(self, item: Item) -> dict[str, Any]:
+        return await self.inference.to_async.classify(item=item)

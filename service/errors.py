@@ -1,6 +1,7 @@
 """Client errors: a mistake in a request, answered with a 4xx whose message names the problem.
 
-How BentoML 1.4 (checked on 1.4.39) turns an exception raised inside an API into a response, from
+How BentoML 1.4 (checked on the versions in ``bentoml_compat.CHECKED_ON``) turns an exception
+raised inside an API into a response, from
 ``_bentoml_impl/server/app.py`` (``ServiceAppFactory.api_endpoint_wrapper``) and
 ``bentoml/exceptions.py``:
 
@@ -23,7 +24,7 @@ How BentoML 1.4 (checked on 1.4.39) turns an exception raised inside an API into
   Classes here keep BentoML's ``__init__(message, *, error_code=None)`` signature so that still
   works.
 
-Checked against a running ``bentoml serve`` (1.4.39): raising ``PayloadTooLarge``,
+Checked against a running ``bentoml serve``: raising ``PayloadTooLarge``,
 ``UnsupportedMediaType`` and ``BadRequest`` in an API answered 413, 415 and 400 with
 ``[{"error": "<message>"}]``; ``ServiceUnavailableError`` answered 503 with the generic body.
 
@@ -38,7 +39,9 @@ decode uploads before batching.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
+from typing import Any
 
 try:
     from bentoml.exceptions import BentoMLException as _Base
@@ -57,12 +60,14 @@ except ImportError:  # the training image has no BentoML; the types must still w
 __all__ = [
     "BadRequest",
     "ClientError",
+    "Failure",
     "NotFoundError",
     "PayloadTooLarge",
     "ServiceUnavailableError",
     "Unprocessable",
     "UnsupportedMediaType",
     "error_for_status",
+    "unwrap",
 ]
 
 
@@ -120,11 +125,37 @@ class ServiceUnavailableError(_Answered):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-_BY_STATUS = {int(c.error_code): c for c in (BadRequest, NotFoundError, PayloadTooLarge,
-                                             UnsupportedMediaType, Unprocessable)}
+_BY_STATUS = {
+    int(c.error_code): c
+    for c in (BadRequest, NotFoundError, PayloadTooLarge, UnsupportedMediaType, Unprocessable)
+}
 
 
 def error_for_status(status: int, message: str) -> _Answered:
     """Rebuild the error another process reported as (status, message)."""
     cls = _BY_STATUS.get(int(status))
     return cls(message) if cls is not None else ServiceUnavailableError(message)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request's failure as it crosses from the Inference service to the front: an answer
+    ``{"failure": {"status", "error"}}`` instead of the result; the front raises it again."""
+
+    status: int
+    error: str
+
+    @classmethod
+    def of(cls, exc: _Answered) -> Failure:
+        return cls(exc.status, str(exc))
+
+    def answer(self) -> dict[str, Any]:
+        return {"failure": asdict(self)}
+
+
+def unwrap(answer: dict[str, Any]) -> dict[str, Any]:
+    """The Inference service's answer, or its failure raised as the HTTP error it stands for."""
+    failure = answer.get("failure")
+    if failure is not None:
+        raise error_for_status(failure["status"], failure["error"])
+    return answer

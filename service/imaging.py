@@ -302,8 +302,9 @@ def _pad_edge(a: np.ndarray) -> np.ndarray:
     return p
 
 
-def _pad_constant(x: np.ndarray, top: int, bottom: int, left: int, right: int,
-                  values: np.ndarray) -> np.ndarray:
+def _pad_constant(
+    x: np.ndarray, top: int, bottom: int, left: int, right: int, values: np.ndarray
+) -> np.ndarray:
     """Each channel of (C, H, W) ``x`` padded with its own constant (``values[c]``)."""
     c, h, w = x.shape
     out = np.empty((c, h + top + bottom, w + left + right), dtype=x.dtype)

@@ -1,18 +1,10 @@
 """ONNX Runtime sessions: which device, with which options, checked against the card, warmed up.
 
-Configuration, read once by :meth:`RuntimeConfig.from_env` (defaults in brackets):
-
-- ``DLZOO_DEVICE`` [auto]: ``auto`` runs on CUDA when it is usable, else on CPU with one warning;
-  ``cuda`` runs on CUDA or refuses to start (RuntimeError); ``cpu`` runs on the CPU only.
-- ``DLZOO_INTRA_OP_THREADS`` [1]: ORT threads per session (0: ORT's default, one per physical
-  core). The zoo's models are small: on one thread they serve as fast as on two, so one thread per
-  session and more workers serves more requests.
-- ``DLZOO_CUDA_DEVICE`` [0]: the CUDA device id, counted within ``CUDA_VISIBLE_DEVICES``.
-- ``DLZOO_GPU_MEM_LIMIT`` [unset: no limit]: the CUDA memory arena's limit in bytes.
-- ``DLZOO_CUDNN_CONV_ALGO_SEARCH`` [HEURISTIC]: EXHAUSTIVE, HEURISTIC or DEFAULT.
-- ``DLZOO_TENSORRT`` [0]: 1 puts TensorRT (FP16, engine cache on) before CUDA.
-- ``DLZOO_TRT_CACHE`` [``$XDG_CACHE_HOME/dlzoo/tensorrt``, ``~/.cache/dlzoo/tensorrt`` without
-  XDG_CACHE_HOME]: the TensorRT engine cache folder.
+Configuration: :class:`RuntimeConfig`, read with the service's other settings (the variables
+and their defaults are listed once, in service/settings.py). ``auto`` runs on CUDA when it is
+usable, else on CPU with one warning; ``cuda`` runs on CUDA or refuses to start; ``cpu`` runs on
+the CPU only. One ORT thread per session by default: the zoo's models are small, and more workers
+serve more requests than more threads.
 
 Device id: BentoML 1.4 sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned to a service when the
 service declares ``resources={"gpu": n}`` (``_bentoml_impl/server/allocator.py``; the same list for
@@ -21,7 +13,7 @@ already set). CUDA numbers visible devices from 0, so 0 is the first assigned GP
 default; set ``DLZOO_CUDA_DEVICE`` only to pick another one of those.
 
 cuDNN convolution search: EXHAUSTIVE (ORT's default) benchmarks every algorithm for each new input
-shape; with adaptive batching every batch size is a new shape, so the default here is HEURISTIC.
+shape; with continuous batching every batch size is a new shape, so the default here is HEURISTIC.
 
 Provider option names were checked against the strings in the installed onnxruntime-gpu 1.31.1
 provider libraries (``libonnxruntime_providers_cuda.so``: device_id, gpu_mem_limit,
@@ -57,7 +49,6 @@ import numpy as np
 import onnxruntime as ort
 
 from service import card
-from service.settings import env_bool, env_int
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +119,8 @@ class RuntimeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RuntimeConfig:
         """Read the DLZOO_* variables; a bad value raises ValueError naming the variable."""
+        from service.settings import env_bool, env_int  # settings reads this class's variables
+
         device = env.get("DLZOO_DEVICE", "auto").strip().lower() or "auto"
         if device not in get_args(Device):
             raise ValueError(

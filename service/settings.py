@@ -1,31 +1,98 @@
 """Service configuration: environment variables with documented defaults, read once at start-up.
 
-| variable | default | meaning |
-|---|---|---|
-| DLZOO_MODELS | models | the model repository |
-| DLZOO_MAX_UPLOAD_BYTES | 10000000 | largest image upload (413 above) |
-| DLZOO_MAX_PIXELS | 40000000 | largest image in pixels, checked before decoding (413 above) |
-| DLZOO_MAX_BATCH | 64 | classification: most items in one batch (1: no batching) |
-| DLZOO_MAX_LATENCY_MS | 10000 | classification: a request that waited longer for its batch is refused (503) |
-| DLZOO_FRONT_WORKERS | cores, at most 4 | HTTP worker processes (decode, preprocess; on a CPU also classify) |
-| DLZOO_INFERENCE_WORKERS | 1 | inference processes (one ONNX Runtime session per graph each) |
-| DLZOO_MAX_STREAMS | 64 | generation: most streams of one model sharing a step call; more wait their turn |
-| DLZOO_CHANNEL_SECONDS | 600 | a front worker's generation channel takes new generations this long, then a new one does |
-| DLZOO_UNTRACED_PATHS | /classify, /generate_stream, /generation_channel, /generate_events | comma-separated paths (exact) OpenTelemetry does not trace, in either service (empty: trace all) |
-| DLZOO_CONNECTION_SECONDS | 2 | with several front workers, a client connection is closed after its first response once this old, so that connections spread over the workers (0: never; service/connections.py) |
-| DLZOO_CLASSIFY_IN | auto | where classifiers run: `front` (in each HTTP worker, no internal hop), `inference` (in the Inference service, one copy of each session), `auto` (front on CPU, inference on a GPU) |
-ONNX Runtime's own variables (DLZOO_DEVICE, threads, GPU options) are documented in runtime.py.
+``VARIABLES`` is the one list of them (README.md's table is checked against it by a test); the
+service reads them all through :meth:`Settings.from_env`, ONNX Runtime's included (``runtime``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any
+
+from service.bentoml_compat import cpu_quota
+from service.runtime import RuntimeConfig, gpu_expected
 
 
-def _env_number(env: Mapping[str, str], name: str, default, minimum, kind: type, noun: str):  # noqa: ANN001, ANN202
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str  # as the README shows it
+    meaning: str
+
+
+VARIABLES = (
+    Variable("DLZOO_MODELS", "`models`", "the model repository"),
+    Variable(
+        "DLZOO_DEVICE", "`auto`", "`auto`, `cpu` or `cuda` (`cuda` that ends on CPU fails start-up)"
+    ),
+    Variable(
+        "DLZOO_INTRA_OP_THREADS",
+        "`1`",
+        "ONNX Runtime threads per session (0: one per physical core)",
+    ),
+    Variable("DLZOO_MAX_UPLOAD_BYTES", "`10000000`", "largest upload (413)"),
+    Variable("DLZOO_MAX_PIXELS", "`40000000`", "largest image, checked before decoding (413)"),
+    Variable("DLZOO_MAX_BATCH", "`64`", "classification: most items per batch (`1`: no batching)"),
+    Variable(
+        "DLZOO_MAX_LATENCY_MS",
+        "`10000`",
+        "classification: a request that waited longer for its batch is refused (503)",
+    ),
+    Variable(
+        "DLZOO_FRONT_WORKERS",
+        "cores, at most 4",
+        "HTTP worker processes (a container's CPU quota counts)",
+    ),
+    Variable(
+        "DLZOO_INFERENCE_WORKERS",
+        "`1`",
+        "Inference processes; only 1: a generation channel lives in the worker that opened it",
+    ),
+    Variable(
+        "DLZOO_CLASSIFY_IN",
+        "`auto`",
+        "where classifiers run: `front` (each HTTP worker), `inference`, `auto` (front on a CPU, "
+        "inference on a GPU)",
+    ),
+    Variable(
+        "DLZOO_CONNECTION_SECONDS",
+        "`2`",
+        "with several front workers, close a keep-alive connection once this old (`0`: never)",
+    ),
+    Variable(
+        "DLZOO_UNTRACED_PATHS",
+        "`/classify,/generate_stream,/generation_channel`",
+        "paths OpenTelemetry does not trace (empty: all traced)",
+    ),
+    Variable(
+        "DLZOO_MAX_STREAMS",
+        "`64`",
+        "generation: most streams of one model sharing a step call (more wait)",
+    ),
+    Variable(
+        "DLZOO_CHANNEL_SECONDS",
+        "`600`",
+        "a front worker's generation channel takes new generations this long, then is replaced",
+    ),
+    Variable(
+        "DLZOO_CUDA_DEVICE", "`0`", "GPU: the device id, counted within `CUDA_VISIBLE_DEVICES`"
+    ),
+    Variable("DLZOO_GPU_MEM_LIMIT", "none", "GPU: the CUDA memory arena's limit in bytes"),
+    Variable(
+        "DLZOO_CUDNN_CONV_ALGO_SEARCH", "`HEURISTIC`", "GPU: `EXHAUSTIVE`, `HEURISTIC` or `DEFAULT`"
+    ),
+    Variable("DLZOO_TENSORRT", "`0`", "GPU: `1` puts TensorRT (FP16, engine cache) before CUDA"),
+    Variable(
+        "DLZOO_TRT_CACHE", "`~/.cache/dlzoo/tensorrt`", "GPU: the TensorRT engine cache folder"
+    ),
+)
+
+
+def _env_number(env: Mapping[str, str], name: str, default, minimum, kind: type, noun: str):
     """A number variable (unset or empty: ``default``); a bad value names the variable."""
     raw = env.get(name, "").strip()
     if not raw:
@@ -39,7 +106,9 @@ def _env_number(env: Mapping[str, str], name: str, default, minimum, kind: type,
     return value
 
 
-def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1) -> int | None:
+def env_int(
+    env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1
+) -> int | None:
     return _env_number(env, name, default, minimum, int, "an integer")
 
 
@@ -67,33 +136,24 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be 0 or 1 (or true/false); got {raw!r}")
 
 
-# The hot path and the streams. BentoML's OpenTelemetry middleware makes spans for every request
-# even when nothing exports them (sample rate 0), and for a streamed response one more span per
-# chunk, i.e. per token: under load ~20% of a front worker's GIL time for /classify, ~24% of the
-# front's and ~16% of the Inference service's for 16 generation streams (py-spy; FINDINGS.md).
-UNTRACED_PATHS = ("/classify", "/generate_stream", "/generation_channel", "/generate_events")
+# The hot path and the streams: BentoML's OpenTelemetry middleware makes a span per request even
+# when nothing exports them, and per streamed chunk, i.e. per token (load_tests/FINDINGS.md).
+UNTRACED_PATHS = ("/classify", "/generate_stream", "/generation_channel")
 
 
 def default_front_workers() -> int:
-    """One HTTP worker per core this process may use, at most 4.
+    """One HTTP worker per core this process may use (a container's CPU quota counts), at most 4.
 
-    A worker is one Python process, and under load its event loop, multipart parsing, preprocessing
-    and response writing hold the GIL most of the time: on 2 cores one worker served resnet18 at
-    ~290 req/s using 1.2 cores, two at ~380-550 (load_tests/FINDINGS.md). More workers than cores only
-    add contention. The cap: on a CPU every worker holds its own copy of each classifier session
-    (DLZOO_CLASSIFY_IN), so memory grows with workers; set the variable to go beyond it."""
+    Under load a worker's event loop, multipart parsing and preprocessing hold the GIL most of the
+    time, so workers scale with cores and more than cores only contend; on a CPU each worker holds
+    its own copy of each classifier session, hence the cap (set the variable to go beyond it)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    try:
-        # A container's CPU quota (cgroup v1 or v2), which the affinity mask does not show: BentoML
-        # reads it for its own "cpu_count" workers. Internal to BentoML, hence the fallback.
-        from bentoml._internal.resource import CpuResource
-
-        cores = min(cores, max(1, int(CpuResource.from_system())))
-    except Exception:  # noqa: BLE001 - without it, the affinity mask is the best guess
-        pass
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
     return max(1, min(cores, 4))
 
 
@@ -111,9 +171,16 @@ class Settings:
     classify_in: str = "auto"  # auto | front | inference (see classify_in_front)
     untraced_paths: tuple[str, ...] = UNTRACED_PATHS
     connection_seconds: float = 2.0
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        if env_int(env, "DLZOO_INFERENCE_WORKERS", 1) != 1:
+            raise ValueError(
+                "DLZOO_INFERENCE_WORKERS must be 1: a front worker's generation channel lives in "
+                "the Inference worker that opened it, and BentoML spreads calls over workers; "
+                "serve more with DLZOO_FRONT_WORKERS, or more replicas"
+            )
         return cls(
             models=Path(env.get("DLZOO_MODELS") or "models"),
             max_upload_bytes=env_int(env, "DLZOO_MAX_UPLOAD_BYTES", 10_000_000),
@@ -121,23 +188,41 @@ class Settings:
             max_batch=env_int(env, "DLZOO_MAX_BATCH", 64),
             max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
             front_workers=env_int(env, "DLZOO_FRONT_WORKERS", default_front_workers()),
-            inference_workers=env_int(env, "DLZOO_INFERENCE_WORKERS", 1),
+            inference_workers=1,
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
             channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
-            untraced_paths=tuple(p.strip() for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS))
-                                 .split(",") if p.strip()),
+            untraced_paths=tuple(
+                p.strip()
+                for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS)).split(",")
+                if p.strip()
+            ),
             connection_seconds=env_float(env, "DLZOO_CONNECTION_SECONDS", 2.0, minimum=0.0),
-            classify_in=env_choice(env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")),
+            classify_in=env_choice(
+                env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")
+            ),
+            runtime=RuntimeConfig.from_env(env),
         )
+
+    def tracing(self) -> dict[str, Any]:
+        """BentoML service config leaving ``untraced_paths`` out of OpenTelemetry's tracing, matched
+        exactly (a BentoML config ``services.<name>.tracing.excluded_urls`` wins)."""
+        if not self.untraced_paths:
+            return {}
+        # OpenTelemetry searches these regular expressions in the request's URL without its query
+        return {"tracing": {"excluded_urls": [re.escape(p) + "$" for p in self.untraced_paths]}}
+
+    @property
+    def classifiers_in_front(self) -> bool:
+        """Where classifiers run, decided once for every process of the service."""
+        return self.classify_in_front(gpu_expected(self.runtime))
 
     def classify_in_front(self, on_gpu: bool) -> bool:
         """Whether the HTTP workers run the classifiers themselves.
 
-        On a CPU the hop from the front to the Inference service cost more than the model: a quick
-        resnet18 request took 6.6 ms of CPU with it and 4.5 ms without (load_tests/FINDINGS.md), so
-        ``auto`` classifies in the front, batching the requests of each HTTP worker. On a GPU one
-        process should own the device and see every request (bigger batches, one copy of each
-        session in GPU memory), so ``auto`` leaves classification in the Inference service."""
+        On a CPU the hop to the Inference service costs more CPU than the quick models
+        (load_tests/FINDINGS.md), so ``auto`` classifies in each front worker. On a GPU one process
+        should own the device and see every request (bigger batches, one copy of each session in
+        GPU memory), so ``auto`` leaves classification in the Inference service."""
         if self.classify_in == "auto":
             return not on_gpu
         return self.classify_in == "front"

@@ -48,13 +48,16 @@ def _copy_version(src: Path, dst: Path, **card_changes) -> dict:
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory) -> Path:
-    """lenet5 trained for real (quick profile, ~1 min), mlp from a dry run, and broken neighbours."""
+    """lenet5 trained for real (quick profile, ~1 min), mlp from a dry run, and broken
+    neighbours."""
     from service.card import sha256_file
     from training import pipeline
 
     root = tmp_path_factory.mktemp("models")
     runs = tmp_path_factory.mktemp("runs")
-    lenet = pipeline.train("lenet5", profile="quick", models_root=root, runs_root=runs, progress=False)
+    lenet = pipeline.train(
+        "lenet5", profile="quick", models_root=root, runs_root=runs, progress=False
+    )
     pipeline.train("mlp", profile="dry-run", models_root=root, runs_root=runs, progress=False)
 
     # lenet5 v2: the graph was changed after export -> checksum mismatch; v1 keeps serving
@@ -92,16 +95,33 @@ class Server:
         self.log = open(models.parent / f"server-{self.port}.log", "w+")
         self.home = str(models.parent / f"bentoml-{self.port}")
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bentoml")), "serve", "service.app:DLZoo",
-             "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                str(Path(sys.executable).with_name("bentoml")),
+                "serve",
+                "service.app:DLZoo",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             # A BentoML home of its own: every `bentoml serve` empties its home's Prometheus
             # directory at start, which would reset the metrics of any other server sharing it.
-            cwd=ROOT, env={**os.environ, "DLZOO_MODELS": str(models), "PYTHONPATH": str(ROOT),
-                           "BENTOML_HOME": self.home, **(env or {})},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DLZOO_MODELS": str(models),
+                "PYTHONPATH": str(ROOT),
+                "BENTOML_HOME": self.home,
+                **(env or {}),
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def __enter__(self) -> Server:
-        """``with Server(...) as srv``: started and ready inside, stopped after (also on failure)."""
+        """``with Server(...) as srv``: started and ready inside, stopped after (also on
+        failure)."""
         try:
             self.wait_ready()
         except BaseException:
@@ -116,7 +136,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(
+                    f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}"
+                )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
@@ -155,8 +177,14 @@ class Server:
 def server(model_repo):
     # two front workers whatever the machine (the default is one per core): the tests then cover
     # classifiers in several workers and connections spreading over them on any CI machine
-    with Server(model_repo, env={"DLZOO_MAX_UPLOAD_BYTES": "2000000", "DLZOO_MAX_PIXELS": "4000000",
-                                 "DLZOO_FRONT_WORKERS": "2"}) as srv:
+    with Server(
+        model_repo,
+        env={
+            "DLZOO_MAX_UPLOAD_BYTES": "2000000",
+            "DLZOO_MAX_PIXELS": "4000000",
+            "DLZOO_FRONT_WORKERS": "2",
+        },
+    ) as srv:
         yield srv
 
 

@@ -22,9 +22,19 @@ SMALL: dict[str, dict] = {
     "mlp": {"hidden": [32, 16], "activation": "tanh", "dropout": 0.1, "batch_norm": True},
     "lenet5": {},
     "alexnet": {"width": 0.125, "small_input": True, "dropout": 0.5},
-    **{name: {"width": 0.125, "small_input": True, "dropout": 0.5}
-       for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn",
-                    "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
+    **{
+        name: {"width": 0.125, "small_input": True, "dropout": 0.5}
+        for name in (
+            "vgg11",
+            "vgg11_bn",
+            "vgg13",
+            "vgg13_bn",
+            "vgg16",
+            "vgg16_bn",
+            "vgg19",
+            "vgg19_bn",
+        )
+    },
     "resnet18": {"width": 0.125, "small_input": True},
     "resnet34": {"width": 0.125, "small_input": True},
     "resnet50": {"width": 0.0625, "small_input": True},
@@ -93,8 +103,11 @@ def test_one_sgd_step_lowers_the_loss(name):
 def test_rebuilds_from_json_model_args(name):
     """model_args survive a JSON round trip and rebuild a model whose state_dict loads strictly."""
     model = build_small(name)
-    args = json.loads(json.dumps({"num_classes": NUM_CLASSES, "in_channels": 1,
-                                  "input_size": [32, 32], **SMALL[name]}))
+    args = json.loads(
+        json.dumps(
+            {"num_classes": NUM_CLASSES, "in_channels": 1, "input_size": [32, 32], **SMALL[name]}
+        )
+    )
     rebuilt = getattr(arch, name)(**args)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
 
@@ -152,7 +165,7 @@ def test_alexnet_uses_the_papers_lrn():
         ours = LocalResponseNorm(channels)(x)
         theirs = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(ours, x / 2.0 ** 0.75), "the neighbours count"
+        assert not torch.allclose(ours, x / 2.0**0.75), "the neighbours count"
     # no weights of its own: checkpoints are unchanged
     assert all("window" not in k for k in arch.alexnet(width=0.125, small_input=True).state_dict())
 
@@ -167,17 +180,29 @@ def test_resnet18_uses_torchvision_names():
     keys = set(_paper_size("resnet18").state_dict())
     expected = {
         "conv1.weight",
-        "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
-        "layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.conv2.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn1.weight",
+        "layer1.0.conv2.weight",
         "layer1.1.bn2.bias",
         "layer4.1.bn2.running_var",
-        "fc.weight", "fc.bias",
+        "fc.weight",
+        "fc.bias",
     }
     for stage in (2, 3, 4):
         down = f"layer{stage}.0.downsample"
-        expected |= {f"{down}.0.weight", f"{down}.1.weight", f"{down}.1.bias",
-                     f"{down}.1.running_mean", f"{down}.1.running_var",
-                     f"{down}.1.num_batches_tracked"}
+        expected |= {
+            f"{down}.0.weight",
+            f"{down}.1.weight",
+            f"{down}.1.bias",
+            f"{down}.1.running_mean",
+            f"{down}.1.running_var",
+            f"{down}.1.num_batches_tracked",
+        }
     assert expected <= keys
     assert not any(k.startswith("layer1.0.downsample") for k in keys)
     assert len(keys) == 122  # torchvision resnet18's state_dict has 122 entries
@@ -185,14 +210,24 @@ def test_resnet18_uses_torchvision_names():
 
 def test_resnet50_bottleneck_names():
     keys = set(_paper_size("resnet50").state_dict())
-    assert {"layer1.0.conv3.weight", "layer1.0.bn3.running_mean", "layer1.0.downsample.0.weight",
-            "layer4.2.bn3.weight", "fc.weight"} <= keys
+    assert {
+        "layer1.0.conv3.weight",
+        "layer1.0.bn3.running_mean",
+        "layer1.0.downsample.0.weight",
+        "layer4.2.bn3.weight",
+        "fc.weight",
+    } <= keys
 
 
 def test_vgg16_uses_torchvision_names():
     keys = set(_paper_size("vgg16", input_size=(224, 224)).state_dict())
-    assert {"features.0.weight", "features.28.weight", "classifier.0.weight",
-            "classifier.3.weight", "classifier.6.bias"} <= keys
+    assert {
+        "features.0.weight",
+        "features.28.weight",
+        "classifier.0.weight",
+        "classifier.3.weight",
+        "classifier.6.bias",
+    } <= keys
 
 
 def test_vgg_small_input_head():

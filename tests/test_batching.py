@@ -48,7 +48,9 @@ def test_a_lone_request_runs_at_once_and_queued_ones_form_the_next_batch():
     batches, results, alone = asyncio.run(scenario())
     assert alone < 1.0, "an idle batcher does not wait for company"
     assert results == [10 * i for i in range(2, 9)], "each caller gets its own result"
-    assert batches == [[1], [2], [3, 4, 5, 6], [7, 8]], "what queued during a call, at most max_batch"
+    assert batches == [[1], [2], [3, 4, 5, 6], [7, 8]], (
+        "what queued during a call, at most max_batch"
+    )
 
 
 def test_an_error_reaches_its_batch_only_and_the_batcher_goes_on():
@@ -67,7 +69,9 @@ def test_an_error_reaches_its_batch_only_and_the_batcher_goes_on():
 
     (one, two, three), after = asyncio.run(scenario())
     assert one == 10 and after == 40
-    assert isinstance(two, RuntimeError) and isinstance(three, RuntimeError) and "item 3" in str(three)
+    assert (
+        isinstance(two, RuntimeError) and isinstance(three, RuntimeError) and "item 3" in str(three)
+    )
 
 
 def test_requests_that_waited_too_long_are_refused_and_gone_callers_skipped():

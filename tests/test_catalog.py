@@ -1,13 +1,14 @@
-"""The catalog and the batch classifier as plain functions (no HTTP), on the fixture's repository."""
+"""The catalog and the batch classifier as plain functions (no HTTP), on the fixture's
+repository."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.catalog import Catalog
 from service.classify import classify_items
 from service.errors import BadRequest, NotFoundError
+from service.repository import Catalog
 from service.runtime import RuntimeConfig
 
 
@@ -50,19 +51,25 @@ def test_mixed_batch_one_call_per_model_and_per_item_errors(catalog):
     results, calls = classify_items(catalog, items, now=1.0)
     assert sorted((c.model, c.items) for c in calls) == [("lenet5@1", 2), ("mlp@1", 1)]
     assert [len(r.get("predictions", [])) for r in results] == [3, 1, 10, 0, 0]
-    assert results[3]["status"] == 400 and "shape" in results[3]["error"]
-    assert results[4]["status"] == 404
+    assert results[3]["failure"]["status"] == 400 and "shape" in results[3]["failure"]["error"]
+    assert results[4]["failure"]["status"] == 404
     probs = [p["probability"] for p in results[2]["predictions"]]
     assert abs(sum(probs) - 1) < 1e-6 and probs == sorted(probs, reverse=True)
     # the same pixels alone give the same answer as inside the batch
     alone, _ = classify_items(catalog, [items[0]])
-    assert [p["index"] for p in alone[0]["predictions"]] == [p["index"] for p in results[0]["predictions"]]
-    np.testing.assert_allclose([p["probability"] for p in alone[0]["predictions"]],
-                               [p["probability"] for p in results[0]["predictions"]], atol=1e-6)
+    assert [p["index"] for p in alone[0]["predictions"]] == [
+        p["index"] for p in results[0]["predictions"]
+    ]
+    np.testing.assert_allclose(
+        [p["probability"] for p in alone[0]["predictions"]],
+        [p["probability"] for p in results[0]["predictions"]],
+        atol=1e-6,
+    )
 
 
 def test_sessions_only_for_the_tasks_asked(model_repo):
-    """The front opens classifier sessions only; the Inference service then skips them (DLZOO_CLASSIFY_IN)."""
+    """The front opens classifier sessions only; the Inference service then skips them
+    (DLZOO_CLASSIFY_IN)."""
     cfg = RuntimeConfig.from_env({"DLZOO_DEVICE": "cpu"})
     front = Catalog(model_repo, runtime=cfg, tasks=["classify"])
     others = Catalog(model_repo, runtime=cfg, tasks=["vae", "gan", "language_model", "seq2seq"])
@@ -72,5 +79,11 @@ def test_sessions_only_for_the_tasks_asked(model_repo):
     # a broken graph is still caught by the catalog that runs it, and only by that one
     assert {e.ref: e.status for e in front.entries}["truncated@1"] == "failed"
     pixels = np.zeros((1, 32, 32), np.float32)
-    results, calls = classify_items(others, [{"model": "lenet5@1", "pixels": pixels, "top_k": 1, "sent": 0.0}])
-    assert calls == [] and results[0]["status"] == 503 and "not loaded in this process" in results[0]["error"]
+    results, calls = classify_items(
+        others, [{"model": "lenet5@1", "pixels": pixels, "top_k": 1, "sent": 0.0}]
+    )
+    assert (
+        calls == []
+        and results[0]["failure"]["status"] == 503
+        and "not loaded in this process" in results[0]["failure"]["error"]
+    )

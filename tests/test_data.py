@@ -19,10 +19,13 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _preprocess(data: ImageData, size: tuple[int, int], channels: int) -> Preprocess:
-    return Preprocess(size=size, channels=channels, mean=[0.5] * channels, std=[0.25] * channels, **data.canonical)
+    return Preprocess(
+        size=size, channels=channels, mean=[0.5] * channels, std=[0.25] * channels, **data.canonical
+    )
 
 
 # ---- digits -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digits() -> ImageData:
@@ -78,7 +81,11 @@ def test_digits_size_and_channels(digits):
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     assert torch.equal(data.train[1], digits.train[1])  # same split, different form
     small = load_images("digits", size=(4, 4))  # downsampling (antialiased)
-    assert small.train[0].shape == (1257, 1, 4, 4) and 0 <= small.train[0].min() and small.train[0].max() <= 1
+    assert (
+        small.train[0].shape == (1257, 1, 4, 4)
+        and 0 <= small.train[0].min()
+        and small.train[0].max() <= 1
+    )
 
 
 def test_digits_canonical(digits):
@@ -109,9 +116,14 @@ def test_bad_arguments():
 
 # ---- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------------
 
+
 def _idx_bytes(array: np.ndarray) -> bytes:
     assert array.dtype == np.uint8
-    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
 
 
 def _write(path: Path, data: bytes, gz: bool) -> Path:
@@ -124,7 +136,9 @@ def _write(path: Path, data: bytes, gz: bool) -> Path:
     return path
 
 
-def _write_idx_set(root: Path, n_train: int = 20, n_test: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+def _write_idx_set(
+    root: Path, n_train: int = 20, n_test: int = 5, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Train files gzipped, test files plain: both forms are read."""
     rng = np.random.default_rng(seed)
     arrays = {
@@ -144,8 +158,11 @@ def test_idx_round_trip(tmp_path):
     assert data.source == str(tmp_path) and data.labels == [str(d) for d in range(10)]
     assert data.splits() == {"train": 18, "val": 2, "test": 5}  # val: the last 10% of train
     images, labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
-    expected = {"train": (images[:18], labels[:18]), "val": (images[18:], labels[18:]),
-                "test": (arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])}
+    expected = {
+        "train": (images[:18], labels[:18]),
+        "val": (images[18:], labels[18:]),
+        "test": (arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]),
+    }
     for split, (x_ref, y_ref) in expected.items():
         x, y = getattr(data, split)
         assert x.shape == (len(y_ref), 1, 28, 28)
@@ -215,7 +232,10 @@ def test_idx_missing_data(tmp_path, monkeypatch):
         load_images("mnist", root=str(tmp_path))
 
 
-@pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason=f"{FASHION_ROOT} absent: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not FASHION_ROOT.is_dir(),
+    reason=f"{FASHION_ROOT} absent: apt-get install dataset-fashion-mnist",
+)
 def test_fashion_mnist_installed():
     data = load_images("fashion-mnist", limit=100)
     assert data.source == str(FASHION_ROOT)
@@ -223,18 +243,24 @@ def test_fashion_mnist_installed():
     assert data.train[0].shape == (100, 1, 32, 32)
     assert set(data.train[1].tolist()) == set(range(10))
     c = data.canonical
-    assert c["framing"] == {"mode": "bbox", "fill": 1.0, "center": "bbox"} and c["native_size"] == (28, 28)
+    assert c["framing"] == {"mode": "bbox", "fill": 1.0, "center": "bbox"} and c["native_size"] == (
+        28,
+        28,
+    )
     _preprocess(data, (28, 28), 1)
 
 
 # ---- CIFAR-10 binary ----------------------------------------------------------------------------
+
 
 def _cifar_record(label: int, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
     """The documented layout: label byte, then the red, green and blue planes, each row-major."""
     return bytes([label]) + red.tobytes() + green.tobytes() + blue.tobytes()
 
 
-def _write_cifar(folder: Path, per_batch: int = 4, n_test: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+def _write_cifar(
+    folder: Path, per_batch: int = 4, n_test: int = 3, seed: int = 0
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
@@ -243,19 +269,28 @@ def _write_cifar(folder: Path, per_batch: int = 4, n_test: int = 3, seed: int = 
         n = n_test if name == "test_batch.bin" else per_batch
         planes = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         y = rng.integers(0, 10, n, dtype=np.uint8)
-        (folder / name).write_bytes(b"".join(_cifar_record(int(y[i]), *planes[i]) for i in range(n)))
+        (folder / name).write_bytes(
+            b"".join(_cifar_record(int(y[i]), *planes[i]) for i in range(n))
+        )
         images[name], labels[name] = planes, y
     train = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    return {"train_x": np.concatenate([images[n] for n in train]),
-            "train_y": np.concatenate([labels[n] for n in train]),
-            "test_x": images["test_batch.bin"], "test_y": labels["test_batch.bin"]}
+    return {
+        "train_x": np.concatenate([images[n] for n in train]),
+        "train_y": np.concatenate([labels[n] for n in train]),
+        "test_x": images["test_batch.bin"],
+        "test_y": labels["test_batch.bin"],
+    }
 
 
 def test_cifar_round_trip(tmp_path):
     ref = _write_cifar(tmp_path)
     data = load_images("cifar10", root=str(tmp_path), channels=3)
     assert data.labels[0] == "airplane" and data.labels[9] == "truck" and len(data.labels) == 10
-    assert data.splits() == {"train": 18, "val": 2, "test": 3}  # val: the last 10% (5,000 of 50,000)
+    assert data.splits() == {
+        "train": 18,
+        "val": 2,
+        "test": 3,
+    }  # val: the last 10% (5,000 of 50,000)
     x = (torch.cat([data.train[0], data.val[0]]) * 255).round().to(torch.uint8).numpy()
     assert np.array_equal(x, ref["train_x"])  # (N, C, H, W), plane by plane
     assert np.array_equal(torch.cat([data.train[1], data.val[1]]).numpy(), ref["train_y"])
@@ -279,14 +314,18 @@ def test_cifar_pixel_order(tmp_path):
     assert x[0, 5, 9] == 15 and x[1, 5, 9] == 45 and x[2, 5, 9] == 200
     assert torch.equal(x[0], torch.from_numpy(rows * 3).float())
     gray = load_images("cifar10", root=str(tmp_path), channels=1).test[0][0, 0] * 255  # luma
-    assert torch.allclose(gray[5, 9], torch.tensor(0.299 * 15 + 0.587 * 45 + 0.114 * 200), atol=1e-3)
+    assert torch.allclose(
+        gray[5, 9], torch.tensor(0.299 * 15 + 0.587 * 45 + 0.114 * 200), atol=1e-3
+    )
 
 
 def test_cifar_layouts_and_errors(tmp_path, monkeypatch):
     _write_cifar(tmp_path / "cifar-10-batches-bin")  # as the official tarball unpacks
     monkeypatch.setenv("DLZOO_CIFAR10", str(tmp_path))
     data = load_images("cifar10", size=(16, 16), limit=5)
-    assert data.train[0].shape == (5, 1, 16, 16) and data.source == str(tmp_path / "cifar-10-batches-bin")
+    assert data.train[0].shape == (5, 1, 16, 16) and data.source == str(
+        tmp_path / "cifar-10-batches-bin"
+    )
     (tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin").write_bytes(b"\x01" * 100)
     with pytest.raises(ValueError, match="data_batch_3.bin"):
         load_images("cifar10")
@@ -299,6 +338,7 @@ def test_cifar_layouts_and_errors(tmp_path, monkeypatch):
 
 
 # ---- augmentation -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def batch(digits) -> torch.Tensor:

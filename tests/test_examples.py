@@ -1,4 +1,5 @@
-"""The committed example inputs are what examples/make_examples.py makes (code and files cannot drift)."""
+"""The committed example inputs are what examples/make_examples.py makes (code and files cannot
+drift)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def _pixels(data: bytes) -> np.ndarray:
 
 def test_committed_examples_are_what_the_code_makes(tmp_path):
     made = {p.name: p.read_bytes() for p in _maker().make(tmp_path)}
-    assert {"digit.png", "dates.txt"} <= set(made)  # fashion.png needs Debian's dataset-fashion-mnist
+    assert {"digit.png", "dates.txt"} <= set(
+        made
+    )  # fashion.png needs Debian's dataset-fashion-mnist
     for name, data in made.items():
         committed = (EXAMPLES / name).read_bytes()
         if name.endswith(".png"):
@@ -33,4 +36,6 @@ def test_committed_examples_are_what_the_code_makes(tmp_path):
         else:
             assert data == committed, name
     digit = _pixels(made["digit.png"])
-    assert digit.shape == (64, 64) and digit.min() < 64 and np.median(digit) > 200  # dark ink on white
+    assert (
+        digit.shape == (64, 64) and digit.min() < 64 and np.median(digit) > 200
+    )  # dark ink on white

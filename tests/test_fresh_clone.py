@@ -1,4 +1,5 @@
-"""The README's first command on a fresh clone: `make serve`, then every `curl` line the README shows.
+"""The README's first command on a fresh clone: `make serve`, then every `curl` line the README
+shows.
 
 The clone holds what `git clone` gives plus this checkout's changes to tracked files (so a broken
 Makefile line fails here before it is committed; in CI the two are the same). Only make variables a
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,14 @@ def clean_env(home: Path) -> dict[str, str]:
 
 
 def make(clone: Path, target: str, env: dict[str, str], *variables: str, timeout: float) -> str:
-    out = subprocess.run(["make", target, f"VENV={VENV}", *variables], cwd=clone, env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        ["make", target, f"VENV={VENV}", *variables],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, f"make {target} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
@@ -55,10 +61,15 @@ def make(clone: Path, target: str, env: dict[str, str], *variables: str, timeout
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("fresh") / "dlzoo"
-    snapshot = subprocess.run(["git", "stash", "create"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip() or "HEAD"
-    commit = subprocess.run(["git", "rev-parse", snapshot], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    snapshot = (
+        subprocess.run(
+            ["git", "stash", "create"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        or "HEAD"
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", snapshot], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     # a local clone copies every object, the snapshot's too
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(dest)], check=True)
     subprocess.run(["git", "checkout", "--quiet", commit], cwd=dest, check=True)
@@ -69,7 +80,9 @@ def clone(tmp_path_factory) -> Path:
 def test_readme_parses_curl_lines():
     commands = readme_curl_commands((ROOT / "README.md").read_text())
     endpoints = {m for c in commands for m in re.findall(r"localhost:3000(/\w+)", c)}
-    assert {"/classify", "/generate", "/generate_stream", "/translate", "/sample"} <= endpoints, endpoints
+    assert {"/classify", "/generate", "/generate_stream", "/translate", "/sample"} <= endpoints, (
+        endpoints
+    )
 
 
 def test_make_serve_on_a_fresh_clone_answers_every_readme_curl(clone, tmp_path):
@@ -77,8 +90,14 @@ def test_make_serve_on_a_fresh_clone_answers_every_readme_curl(clone, tmp_path):
     env = clean_env(tmp_path / "bentoml")
     log = open(tmp_path / "make-serve.log", "w+")
     t0 = time.monotonic()
-    proc = subprocess.Popen(["make", "serve", f"PORT={port}", "PROFILE=dry-run", f"VENV={VENV}"],
-                            cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "serve", f"PORT={port}", "PROFILE=dry-run", f"VENV={VENV}"],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def output() -> str:
         log.flush()
@@ -98,18 +117,36 @@ def test_make_serve_on_a_fresh_clone_answers_every_readme_curl(clone, tmp_path):
             time.sleep(1)
         print(f"make serve on a fresh clone: ready in {time.monotonic() - t0:.0f} s")
         assert sorted(p.parent.name for p in (clone / "models").glob("*/1")) == sorted(
-            ["mlp", "lenet5", "alexnet", "vgg16", "resnet18", "rnn", "lstm", "gru", "seq2seq", "vae", "gan"])
+            [
+                "mlp",
+                "lenet5",
+                "alexnet",
+                "vgg16",
+                "resnet18",
+                "rnn",
+                "lstm",
+                "gru",
+                "seq2seq",
+                "vae",
+                "gan",
+            ]
+        )
 
         # Each README curl line as written, from the clone's root, but for the port. A wrapper
         # prints each answer's status, so loops and `-o FILE` lines are checked too.
         for command in readme_curl_commands((clone / "README.md").read_text()):
-            script = ("curl() { command curl --max-time 120 -w '\\n@@HTTP %{http_code}\\n' \"$@\"; }\n"
-                      + command.replace("localhost:3000", f"127.0.0.1:{port}"))
-            run = subprocess.run(["bash", "-c", script], cwd=clone, capture_output=True, text=True,
-                                 timeout=300)
+            script = (
+                "curl() { command curl --max-time 120 -w '\\n@@HTTP %{http_code}\\n' \"$@\"; }\n"
+                + command.replace("localhost:3000", f"127.0.0.1:{port}")
+            )
+            run = subprocess.run(
+                ["bash", "-c", script], cwd=clone, capture_output=True, text=True, timeout=300
+            )
             codes = re.findall(r"@@HTTP (\d+)", run.stdout)
             assert run.returncode == 0 and codes and set(codes) == {"200"}, (
-                f"{command}\nexit {run.returncode}, statuses {codes}\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}")
+                f"{command}\nexit {run.returncode}, statuses {codes}\n{run.stdout[-1500:]}\n"
+                f"{run.stderr[-1500:]}"
+            )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -123,13 +160,25 @@ def test_make_serve_on_a_fresh_clone_answers_every_readme_curl(clone, tmp_path):
 
 def test_make_models_and_build_on_the_fresh_clone(clone, tmp_path):
     env = clean_env(tmp_path / "bentoml")
-    make(clone, "models", env, "PROFILE=dry-run", "DLZOO_MODELS=" + str(tmp_path / "repo"), timeout=900)
+    make(
+        clone,
+        "models",
+        env,
+        "PROFILE=dry-run",
+        "DLZOO_MODELS=" + str(tmp_path / "repo"),
+        timeout=900,
+    )
     published = {p.parents[1].name for p in (tmp_path / "repo").glob("*/1/card.json")}
     assert {"lenet5", "lstm", "seq2seq", "vae", "gan"} <= published, published
     # make build packs whatever models/ holds (the serve test's, or a dry-run zoo it trains itself)
     make(clone, "build", env, "PROFILE=dry-run", timeout=900)
     assert any((tmp_path / "bentoml" / "bentos" / "dlzoo").glob("*/bento.yaml"))
-    listed = subprocess.run([str(VENV / "bin" / "python"), "-m", "training", "list"], cwd=clone,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [str(VENV / "bin" / "python"), "-m", "training", "list"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0 and "lenet5" in listed.stdout, listed.stderr
     shutil.rmtree(tmp_path / "repo")

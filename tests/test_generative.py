@@ -16,8 +16,18 @@ from PIL import Image
 
 from service.card import load_card
 from training import pipeline
-from training.generative import (Judge, discriminator_loss, frechet_distance, generator_loss, grid_png,
-                                 inception_score, minimax_value, rebuild_gan, rebuild_vae, vae_loss)
+from training.generative import (
+    Judge,
+    discriminator_loss,
+    frechet_distance,
+    generator_loss,
+    grid_png,
+    inception_score,
+    minimax_value,
+    rebuild_gan,
+    rebuild_vae,
+    vae_loss,
+)
 from training.loop import load_checkpoint
 
 
@@ -25,7 +35,8 @@ def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-# --- losses and scores --------------------------------------------------------------------------------
+# --- losses and scores ----------------------------------------------------------------------------
+
 
 def test_vae_loss_is_reconstruction_plus_kl_by_hand():
     rng = np.random.default_rng(0)
@@ -35,7 +46,7 @@ def test_vae_loss_is_reconstruction_plus_kl_by_hand():
     p = 1 / (1 + np.exp(-logits))
     bce = -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p)) / n  # Bernoulli NLL, per image
     # KL(N(m, s^2) || N(0, 1)) = 1/2 (m^2 + s^2 - 1 - log s^2), summed over z
-    kl = 0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar) / n
+    kl = 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar) / n
     t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
     loss, reconstruction, kl_term = vae_loss(t(logits), t(x), t(mean), t(logvar))
     assert reconstruction.item() == pytest.approx(bce, rel=1e-10)
@@ -51,9 +62,13 @@ def test_minimax_value_and_gan_losses_by_hand():
     logit = lambda p: torch.tensor(np.log(p / (1 - p)), dtype=torch.float64)  # noqa: E731
     value = np.mean(np.log(d_real)) + np.mean(np.log(1 - d_fake))  # V(D, G)
     assert minimax_value(logit(d_real), logit(d_fake)).item() == pytest.approx(value, rel=1e-12)
-    assert discriminator_loss(logit(d_real), logit(d_fake)).item() == pytest.approx(-value, rel=1e-12)
+    assert discriminator_loss(logit(d_real), logit(d_fake)).item() == pytest.approx(
+        -value, rel=1e-12
+    )
     # non-saturating: -E log D(G(z)), not E log(1 - D(G(z)))
-    assert generator_loss(logit(d_fake)).item() == pytest.approx(-np.mean(np.log(d_fake)), rel=1e-12)
+    assert generator_loss(logit(d_fake)).item() == pytest.approx(
+        -np.mean(np.log(d_fake)), rel=1e-12
+    )
     half = torch.zeros(4, dtype=torch.float64)  # D = 1/2 everywhere: the equilibrium value -log 4
     assert minimax_value(half, half).item() == pytest.approx(-math.log(4), rel=1e-12)
 
@@ -81,13 +96,18 @@ def test_grid_png_layout():
 
 # --- dry runs with a judge ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """lenet5 (the judge), then vae and gan, dry runs into one model repository."""
     root = tmp_path_factory.mktemp("gen")
     models, runs = root / "models", root / "runs"
-    built = {name: pipeline.train(name, profile="dry-run", models_root=models, runs_root=runs, progress=False)
-             for name in ("lenet5", "vae", "gan")}
+    built = {
+        name: pipeline.train(
+            name, profile="dry-run", models_root=models, runs_root=runs, progress=False
+        )
+        for name in ("lenet5", "vae", "gan")
+    }
     return built, models, runs
 
 
@@ -106,12 +126,22 @@ def test_vae_dry_run_exports_encoder_and_decoder(zoo):
     assert card.task == "vae" and set(card.files) == {"encoder", "decoder"}
     assert card.latent_dim == 4 and card.image.size == (28, 28) and card.image.channels == 1
     assert card.image.ink == "light"
-    assert card.preprocess is not None and card.preprocess.size == (28, 28) and card.preprocess.ink == "light"
+    assert (
+        card.preprocess is not None
+        and card.preprocess.size == (28, 28)
+        and card.preprocess.ink == "light"
+    )
     assert card.metrics["test_elbo"] < 0 and card.metrics["sample_judge"] == "lenet5@1"
     assert card.metrics["sample_fid_features"].startswith("lenet5 penultimate")
     for key in ("sample_is", "sample_fid", "sample_classes", "sample_confidence"):
         assert key in card.metrics
-    for extra in ("card.md", "metrics.jsonl", "learning_curves.png", "samples.png", "reconstructions.png"):
+    for extra in (
+        "card.md",
+        "metrics.jsonl",
+        "learning_curves.png",
+        "samples.png",
+        "reconstructions.png",
+    ):
         assert (folder / extra).stat().st_size > 0
     encoder, decoder = _check_graph(folder, card, "encoder"), _check_graph(folder, card, "decoder")
     assert [t.name for t in card.io["encoder"].inputs] == ["pixels"]
@@ -138,7 +168,9 @@ def test_gan_dry_run_exports_a_generator(zoo):
     folder = built["gan"]
     card = load_card(folder / "card.json")
     assert card.task == "gan" and set(card.files) == {"generator"} and card.latent_dim == 8
-    assert card.metrics["sample_judge"] == "lenet5@1" and card.metrics["selected_by"].startswith("validation")
+    assert card.metrics["sample_judge"] == "lenet5@1" and card.metrics["selected_by"].startswith(
+        "validation"
+    )
     for extra in ("card.md", "metrics.jsonl", "learning_curves.png", "samples.png"):
         assert (folder / extra).stat().st_size > 0
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -167,7 +199,12 @@ def test_judge_uses_lenet5_penultimate_features(zoo):
 
 
 def test_gan_without_a_judge_says_so_and_resumes(tmp_path):
-    kwargs = {"profile": "dry-run", "models_root": tmp_path / "m", "runs_root": tmp_path / "r", "progress": False}
+    kwargs = {
+        "profile": "dry-run",
+        "models_root": tmp_path / "m",
+        "runs_root": tmp_path / "r",
+        "progress": False,
+    }
     # with the generator's weight average, whose state must survive the resume too
     pipeline.train("gan", options={"epochs": 1, "ema_decay": 0.5}, **kwargs)
     folder = pipeline.train("gan", options={"epochs": 2, "ema_decay": 0.5}, resume=True, **kwargs)
@@ -176,7 +213,9 @@ def test_gan_without_a_judge_says_so_and_resumes(tmp_path):
     assert card.metrics["selected_by"] == "last epoch" and card.metrics["best_epoch"] == 2
     ckpt = load_checkpoint(tmp_path / "r" / "gan" / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
-    assert set(ckpt["generator_average"]) == {k[len("generator."):] for k in ckpt["model"] if k.startswith("generator.")}
+    assert set(ckpt["generator_average"]) == {
+        k[len("generator.") :] for k in ckpt["model"] if k.startswith("generator.")
+    }
     best = load_checkpoint(tmp_path / "r" / "gan" / "best.pt")
     for key, value in ckpt["generator_average"].items():  # the exported generator is the average
         assert torch.equal(best["model"][f"generator.{key}"], value)

@@ -1,5 +1,6 @@
-"""Generative endpoints: the plain functions (service/generative.py) without HTTP, then /sample,
-/reconstruct and /interpolate over real HTTP on dry-run VAE, DCGAN and lenet5 from the real pipeline."""
+"""Generative endpoints: the plain functions (service/latent.py) without HTTP, then /sample,
+/reconstruct and /interpolate over real HTTP on dry-run VAE, DCGAN and lenet5 from the real
+pipeline."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from conftest import Server
 from PIL import Image
 
-from conftest import Server
-from service import generative as gen
-from service.catalog import Catalog
+from service import latent as gen
+from service import schemas
+from service.repository import Catalog
 from service.runtime import RuntimeConfig
 
 
 @pytest.fixture(scope="module")
 def gen_repo(tmp_path_factory):
-    """vae, gan and lenet5 from dry runs (~30 s on 2 cores); lenet5 last so nothing judges samples."""
+    """vae, gan and lenet5 from dry runs (~30 s on 2 cores); lenet5 last so nothing judges
+    samples."""
     from training import pipeline
 
     root = tmp_path_factory.mktemp("genmodels")
@@ -49,10 +52,13 @@ class CountingSession:
 
 
 def counted(entry):
-    return dataclasses.replace(entry, sessions={r: CountingSession(s) for r, s in entry.sessions.items()})
+    return dataclasses.replace(
+        entry, sessions={r: CountingSession(s) for r, s in entry.sessions.items()}
+    )
 
 
 # --- plain functions ----------------------------------------------------------------------------
+
 
 def test_lerp_and_slerp_endpoints_are_exact_and_slerp_keeps_the_norm_between():
     a, b = gen.latents(2, 16, seed=3).astype(np.float64)
@@ -84,7 +90,7 @@ def test_latents_are_fixed_by_the_seed_and_rows_do_not_depend_on_count():
     assert np.array_equal(z, gen.latents(16, 8, seed=42))
     assert np.array_equal(z[:1], gen.latents(1, 8, seed=42))
     assert not np.array_equal(z, gen.latents(16, 8, seed=43))
-    assert 0 <= gen.draw_seed() < gen.SEED_LIMIT
+    assert 0 <= schemas.draw_seed() < schemas.SEED_LIMIT
 
 
 @pytest.mark.parametrize("name", ["vae", "gan"])
@@ -92,16 +98,23 @@ def test_sample_is_one_onnx_call_and_deterministic(catalog, name):
     entry = counted(catalog.resolve(name, gen.GENERATIVE_TASKS))
     role = gen.DECODER_ROLE[entry.card.task]
     first = gen.sample(entry, 37, seed=5)
-    assert [list(c.values())[0] for c in entry.sessions[role].calls] == [(37, entry.card.latent_dim)]
+    assert [list(c.values())[0] for c in entry.sessions[role].calls] == [
+        (37, entry.card.latent_dim)
+    ]
     h, w = entry.card.image.size
-    assert first.images.shape == (37, entry.card.image.channels, h, w) and first.images.dtype == np.float32
+    assert (
+        first.images.shape == (37, entry.card.image.channels, h, w)
+        and first.images.dtype == np.float32
+    )
     assert first.images.min() >= 0 and first.images.max() <= 1
     assert first.seeds == {"seed": 5}
     again = gen.sample(entry, 37, seed=5)
-    assert np.array_equal(first.images, again.images) and np.array_equal(first.latents, again.latents)
+    assert np.array_equal(first.images, again.images) and np.array_equal(
+        first.latents, again.latents
+    )
     assert gen.to_png(first.images, scale=2) == gen.to_png(again.images, scale=2)
     drawn = gen.sample(entry, 2)
-    assert 0 <= drawn.seeds["seed"] < gen.SEED_LIMIT
+    assert 0 <= drawn.seeds["seed"] < schemas.SEED_LIMIT
     assert np.array_equal(drawn.images, gen.sample(entry, 2, seed=drawn.seeds["seed"]).images)
 
 
@@ -141,6 +154,7 @@ def test_png_grid_and_lists():
 
 # --- over HTTP --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gclient(gen_repo):
     with Server(gen_repo) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -149,7 +163,11 @@ def gclient(gen_repo):
 
 def error_text(resp) -> str:
     body = resp.json()
-    return body[0]["error"] if isinstance(body, list) else body.get("error", "") + str(body.get("detail", ""))
+    return (
+        body[0]["error"]
+        if isinstance(body, list)
+        else body.get("error", "") + str(body.get("detail", ""))
+    )
 
 
 def png_size(resp) -> tuple[int, int]:
@@ -170,13 +188,21 @@ def tile_png(array: np.ndarray) -> bytes:
 
 @pytest.mark.parametrize("model", ["vae", "gan"])
 def test_sample_png_grid_and_same_seed_same_bytes(gclient, model):
-    resp = gclient.post("/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3, "seed": 11})
+    resp = gclient.post(
+        "/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3, "seed": 11}
+    )
     assert png_size(resp) == grid_size(3, 2, 28 * 3)
     assert resp.headers["x-seed"] == "11" and resp.headers["x-model"] == f"{model}@1"
-    again = gclient.post("/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3, "seed": 11})
+    again = gclient.post(
+        "/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3, "seed": 11}
+    )
     assert again.content == resp.content
-    assert gclient.post("/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3,
-                                         "seed": 12}).content != resp.content
+    assert (
+        gclient.post(
+            "/sample", json={"model": model, "count": 5, "columns": 2, "scale": 3, "seed": 12}
+        ).content
+        != resp.content
+    )
     # defaults: gan, 16 images in a 4 x 4 grid at scale 1; the drawn seed comes back and repeats
     drawn = gclient.post("/sample", json={})
     assert png_size(drawn) == grid_size(4, 4, 28) and drawn.headers["x-model"] == "gan@1"
@@ -192,9 +218,15 @@ def test_sample_json_arrays(gclient, catalog):
     assert images.shape == (3, 28, 28) and images.min() >= 0 and images.max() <= 1
     dim = catalog.resolve("vae").card.latent_dim
     assert body["seed"] == 7 and np.array_equal(z, gen.latents(3, dim, 7))
-    assert resp.content == gclient.post("/sample", json={"model": "vae", "count": 3, "seed": 7,
-                                                          "format": "json"}).content
-    assert np.abs(images - gen.to_lists(gen.sample(catalog.resolve("vae"), 3, 7).images)).max() < 1e-4
+    assert (
+        resp.content
+        == gclient.post(
+            "/sample", json={"model": "vae", "count": 3, "seed": 7, "format": "json"}
+        ).content
+    )
+    assert (
+        np.abs(images - gen.to_lists(gen.sample(catalog.resolve("vae"), 3, 7).images)).max() < 1e-4
+    )
 
 
 def test_reconstruct_png_and_json(gclient, catalog):
@@ -202,13 +234,19 @@ def test_reconstruct_png_and_json(gclient, catalog):
 
     data, _ = render_digits(1, seed=3)[0]
     resp = gclient.post("/reconstruct", files={"image": ("d.png", data)}, data={"scale": "2"})
-    assert png_size(resp) == grid_size(1, 2, 56)  # the model's view of the input, its reconstruction
-    body = gclient.post("/reconstruct", files={"image": ("d.png", data)}, data={"format": "json"}).json()
+    assert png_size(resp) == grid_size(
+        1, 2, 56
+    )  # the model's view of the input, its reconstruction
+    body = gclient.post(
+        "/reconstruct", files={"image": ("d.png", data)}, data={"format": "json"}
+    ).json()
     dim = catalog.resolve("vae").card.latent_dim
     assert body["model"] == "vae" and len(body["mean"]) == dim and len(body["logvar"]) == dim
     x, y = np.asarray(body["input"]), np.asarray(body["reconstruction"])
     assert x.shape == y.shape == (28, 28) and 0 <= y.min() and y.max() <= 1
-    assert body["reconstruction_error"]["mse"] == pytest.approx(float(((x - y) ** 2).mean()), abs=1e-4)
+    assert body["reconstruction_error"]["mse"] == pytest.approx(
+        float(((x - y) ** 2).mean()), abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("model", ["vae", "gan"])
@@ -218,41 +256,53 @@ def test_interpolation_strip_changes_smoothly(gclient, model, method):
     strip = gclient.post("/interpolate", json={**req, "scale": 2})
     assert png_size(strip) == grid_size(1, 9, 56)
     assert strip.headers["x-seed-from"] == "1" and strip.headers["x-seed-to"] == "2"
-    frames = np.asarray(gclient.post("/interpolate", json={**req, "format": "json"}).json()["images"])
+    frames = np.asarray(
+        gclient.post("/interpolate", json={**req, "format": "json"}).json()["images"]
+    )
     assert frames.shape == (9, 28, 28)
     neighbours = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2))
     ends = np.abs(frames[-1] - frames[0]).mean()
     print(f"{model} {method}: neighbours max {neighbours.max():.5f}, endpoints {ends:.5f}")
     assert ends > 0 and neighbours.max() < ends
-    first = gclient.post("/sample", json={"model": model, "count": 1, "seed": 1, "format": "json"}).json()
-    assert np.array_equal(frames[0], np.asarray(first["images"][0]))  # the path starts at seed 1's sample
+    first = gclient.post(
+        "/sample", json={"model": model, "count": 1, "seed": 1, "format": "json"}
+    ).json()
+    assert np.array_equal(
+        frames[0], np.asarray(first["images"][0])
+    )  # the path starts at seed 1's sample
 
 
 def _png_upload(client, route, data: bytes, **fields):
-    return client.post(route, files={"image": ("x.png", data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        route,
+        files={"image": ("x.png", data, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
-@pytest.mark.parametrize("route, body, status, words", [
-    ("/sample", {"model": "nope"}, 404, ["no model named 'nope'", "gan, vae"]),
-    ("/sample", {"model": "lenet5"}, 400, ["classify model", "takes vae or gan models"]),
-    ("/sample", {"model": "vae@7"}, 404, ["no version 7"]),
-    ("/sample", {"count": 0}, 400, ["count", "from 1 to 64"]),
-    ("/sample", {"count": 65}, 400, ["count", "from 1 to 64"]),
-    ("/sample", {"count": "many"}, 400, ["count", "from 1 to 64"]),
-    ("/sample", {"scale": 9}, 400, ["scale", "from 1 to 8"]),
-    ("/sample", {"columns": 0}, 400, ["columns", "from 1 to 64"]),
-    ("/sample", {"seed": -1}, 400, ["seed", "from 0 to 4294967295"]),
-    ("/sample", {"format": "gif"}, 400, ["format", "'png' or 'json'"]),
-    ("/interpolate", {"model": "mlp"}, 404, ["no model named 'mlp'", "gan, vae"]),
-    ("/interpolate", {"model": "lenet5"}, 400, ["takes vae or gan models"]),
-    ("/interpolate", {"steps": 1}, 400, ["steps", "from 2 to 32"]),
-    ("/interpolate", {"steps": 33}, 400, ["steps", "from 2 to 32"]),
-    ("/interpolate", {"scale": 0}, 400, ["scale", "from 1 to 8"]),
-    ("/interpolate", {"method": "cubic"}, 400, ["method", "'lerp' or 'slerp'"]),
-    ("/sample", {"cuont": 3}, 400, ["cuont", "Extra inputs are not permitted"]),
-    ("/interpolate", {"seed": 3}, 400, ["seed", "Extra inputs are not permitted"]),
-])
+@pytest.mark.parametrize(
+    "route, body, status, words",
+    [
+        ("/sample", {"model": "nope"}, 404, ["no model named 'nope'", "gan, vae"]),
+        ("/sample", {"model": "lenet5"}, 400, ["classify model", "takes vae or gan models"]),
+        ("/sample", {"model": "vae@7"}, 404, ["no version 7"]),
+        ("/sample", {"count": 0}, 400, ["count", "from 1 to 64"]),
+        ("/sample", {"count": 65}, 400, ["count", "from 1 to 64"]),
+        ("/sample", {"count": "many"}, 400, ["count", "from 1 to 64"]),
+        ("/sample", {"scale": 9}, 400, ["scale", "from 1 to 8"]),
+        ("/sample", {"columns": 0}, 400, ["columns", "from 1 to 64"]),
+        ("/sample", {"seed": -1}, 400, ["seed", "from 0 to 4294967295"]),
+        ("/sample", {"format": "gif"}, 400, ["format", "'png' or 'json'"]),
+        ("/interpolate", {"model": "mlp"}, 404, ["no model named 'mlp'", "gan, vae"]),
+        ("/interpolate", {"model": "lenet5"}, 400, ["takes vae or gan models"]),
+        ("/interpolate", {"steps": 1}, 400, ["steps", "from 2 to 32"]),
+        ("/interpolate", {"steps": 33}, 400, ["steps", "from 2 to 32"]),
+        ("/interpolate", {"scale": 0}, 400, ["scale", "from 1 to 8"]),
+        ("/interpolate", {"method": "cubic"}, 400, ["method", "'lerp' or 'slerp'"]),
+        ("/sample", {"cuont": 3}, 400, ["cuont", "Extra inputs are not permitted"]),
+        ("/interpolate", {"seed": 3}, 400, ["seed", "Extra inputs are not permitted"]),
+    ],
+)
 def test_json_endpoint_errors_name_the_problem(gclient, route, body, status, words):
     resp = gclient.post(route, json=body)
     assert resp.status_code == status, resp.text
@@ -289,7 +339,9 @@ def test_quality_check_mechanics_over_http(gclient, model):
     On dry-run models only the mechanics are asserted; `make models` gives the real figures."""
     images = []
     for seed, count in enumerate([64, 64, 64, 8]):
-        resp = gclient.post("/sample", json={"model": model, "count": count, "seed": seed, "format": "json"})
+        resp = gclient.post(
+            "/sample", json={"model": model, "count": count, "seed": seed, "format": "json"}
+        )
         assert resp.status_code == 200, resp.text
         images += resp.json()["images"]
     assert len(images) == 200
@@ -304,5 +356,8 @@ def test_quality_check_mechanics_over_http(gclient, model):
         tops = list(pool.map(top, images))
     classes = {c for c, _ in tops}
     confidence = float(np.mean([p for _, p in tops]))
-    print(f"{model}: 200 samples, mean top probability {confidence:.3f}, {len(classes)} digits covered")
+    print(
+        f"{model}: 200 samples, mean top probability {confidence:.3f}, "
+        f"{len(classes)} digits covered"
+    )
     assert 0.1 <= confidence <= 1 and 1 <= len(classes) <= 10

@@ -198,19 +198,43 @@ def adam(theta, grad, lr, betas, eps):
 # change the iterates far beyond the 1e-10 tolerance.
 CASES = [
     ("sgd", torch.optim.SGD, {"lr": 0.05}, sgd, {"lr": 0.05}),
-    ("momentum", torch.optim.SGD, {"lr": 0.05, "momentum": 0.9},
-     sgd_momentum, {"lr": 0.05, "momentum": 0.9}),
+    (
+        "momentum",
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9},
+        sgd_momentum,
+        {"lr": 0.05, "momentum": 0.9},
+    ),
     ("adagrad", torch.optim.Adagrad, {"lr": 0.3}, adagrad, {"lr": 0.3, "eps": 1e-10}),
-    ("adagrad-eps-init", torch.optim.Adagrad,
-     {"lr": 0.3, "eps": 0.1, "initial_accumulator_value": 0.5},
-     adagrad, {"lr": 0.3, "eps": 0.1, "initial_accumulator_value": 0.5}),
-    ("rmsprop", torch.optim.RMSprop, {"lr": 0.01},
-     rmsprop, {"lr": 0.01, "alpha": 0.99, "eps": 1e-8}),
-    ("rmsprop-eps", torch.optim.RMSprop, {"lr": 0.01, "alpha": 0.9, "eps": 0.1},
-     rmsprop, {"lr": 0.01, "alpha": 0.9, "eps": 0.1}),
+    (
+        "adagrad-eps-init",
+        torch.optim.Adagrad,
+        {"lr": 0.3, "eps": 0.1, "initial_accumulator_value": 0.5},
+        adagrad,
+        {"lr": 0.3, "eps": 0.1, "initial_accumulator_value": 0.5},
+    ),
+    (
+        "rmsprop",
+        torch.optim.RMSprop,
+        {"lr": 0.01},
+        rmsprop,
+        {"lr": 0.01, "alpha": 0.99, "eps": 1e-8},
+    ),
+    (
+        "rmsprop-eps",
+        torch.optim.RMSprop,
+        {"lr": 0.01, "alpha": 0.9, "eps": 0.1},
+        rmsprop,
+        {"lr": 0.01, "alpha": 0.9, "eps": 0.1},
+    ),
     ("adam", torch.optim.Adam, {"lr": 0.1}, adam, {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8}),
-    ("adam-eps", torch.optim.Adam, {"lr": 0.1, "betas": (0.8, 0.99), "eps": 0.1},
-     adam, {"lr": 0.1, "betas": (0.8, 0.99), "eps": 0.1}),
+    (
+        "adam-eps",
+        torch.optim.Adam,
+        {"lr": 0.1, "betas": (0.8, 0.99), "eps": 0.1},
+        adam,
+        {"lr": 0.1, "betas": (0.8, 0.99), "eps": 0.1},
+    ),
 ]
 
 
@@ -226,8 +250,11 @@ def torch_iterates(problem: Quadratic, opt_cls: type[torch.optim.Optimizer], kwa
     return out
 
 
-@pytest.mark.parametrize(("opt_cls", "torch_kwargs", "reference", "ref_kwargs"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("opt_cls", "torch_kwargs", "reference", "ref_kwargs"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_torch_optim_follows_the_textbook_equations(
     seed, opt_cls, torch_kwargs, reference, ref_kwargs

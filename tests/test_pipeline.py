@@ -1,4 +1,5 @@
-"""The training pipeline end to end: registry -> fit -> checkpoint -> export gate -> model folder."""
+"""The training pipeline end to end: registry -> fit -> checkpoint -> export gate -> model
+folder."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def test_registry_refuses_duplicates_and_unknown_names():
         recipes.register(recipes.RECIPES["lenet5"])
     with pytest.raises(ValueError, match="unknown architecture"):
         recipes.get("lenet6")
-    assert {"mlp", "lenet5", "alexnet", "vgg16", "resnet18"} <= {r.name for r in recipes.zoo("quick")}
+    assert {"mlp", "lenet5", "alexnet", "vgg16", "resnet18"} <= {
+        r.name for r in recipes.zoo("quick")
+    }
     assert {r.name for r in recipes.zoo("full")} == set(recipes.RECIPES)
 
 
@@ -47,8 +50,13 @@ def test_train_config_validates():
 
 @pytest.mark.parametrize("name", EXPORTED)
 def test_dry_run_trains_exports_with_parity_and_cards(name, tmp_path):
-    folder = pipeline.train(name, profile="dry-run", models_root=tmp_path / "models",
-                            runs_root=tmp_path / "runs", progress=False)
+    folder = pipeline.train(
+        name,
+        profile="dry-run",
+        models_root=tmp_path / "models",
+        runs_root=tmp_path / "runs",
+        progress=False,
+    )
     assert folder == tmp_path / "models" / name / "1"
     card = load_card(folder / "card.json")
     assert card.name == name and card.version == 1 and card.task == "classify"
@@ -75,7 +83,9 @@ def test_dry_run_trains_exports_with_parity_and_cards(name, tmp_path):
 
 def test_versions_only_grow_and_failed_export_leaves_nothing(tmp_path):
     models = tmp_path / "models"
-    first = pipeline.train("lenet5", profile="dry-run", models_root=models, runs_root=tmp_path / "r")
+    first = pipeline.train(
+        "lenet5", profile="dry-run", models_root=models, runs_root=tmp_path / "r"
+    )
     second = pipeline.export_checkpoint(tmp_path / "r" / "lenet5" / "best.pt", models)
     assert (first.name, second.name) == ("1", "2")
     assert load_card(second / "card.json").version == 2
@@ -84,8 +94,13 @@ def test_versions_only_grow_and_failed_export_leaves_nothing(tmp_path):
         def forward(self, pixels):
             return pixels.flatten(1)[:, :10] + torch.rand(pixels.shape[0], 10)
 
-    graph = Graph(Broken(), lambda b, g: (torch.rand(b, 1, 8, 8, generator=g),), ["pixels"], ["logits"],
-                  {"pixels": {0: "batch"}})
+    graph = Graph(
+        Broken(),
+        lambda b, g: (torch.rand(b, 1, 8, 8, generator=g),),
+        ["pixels"],
+        ["logits"],
+        {"pixels": {0: "batch"}},
+    )
     before = sorted(p.name for p in models.rglob("*"))
     with pytest.raises(ExportError, match="differs from torch"):
         publish(models, {"name": "lenet5"}, {"model": graph})
@@ -94,7 +109,9 @@ def test_versions_only_grow_and_failed_export_leaves_nothing(tmp_path):
 
 def test_parity_gate_and_dynamic_axis_check(tmp_path):
     lin = torch.nn.Linear(4, 3)
-    graph = Graph(lin, lambda b, g: (torch.rand(b, 4, generator=g),), ["x"], ["y"], {"x": {0: "batch"}})
+    graph = Graph(
+        lin, lambda b, g: (torch.rand(b, 4, generator=g),), ["x"], ["y"], {"x": {0: "batch"}}
+    )
     io = export_graph(graph, tmp_path / "g.onnx")
     assert io.inputs[0].shape == ["batch", 4]
     assert check_parity(graph, tmp_path / "g.onnx").max_abs_diff < 1e-5
@@ -106,12 +123,23 @@ def test_parity_gate_and_dynamic_axis_check(tmp_path):
 
 def test_resume_continues_an_interrupted_run(tmp_path):
     opts = {"epochs": 2, "max_batches": 1, "limit": 64, "patience": None}
-    pipeline.train("mlp", profile="dry-run", options={**opts, "epochs": 1}, models_root=tmp_path / "m",
-                   runs_root=tmp_path / "r")
+    pipeline.train(
+        "mlp",
+        profile="dry-run",
+        options={**opts, "epochs": 1},
+        models_root=tmp_path / "m",
+        runs_root=tmp_path / "r",
+    )
     ckpt = load_checkpoint(tmp_path / "r" / "mlp" / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["model_args"] == recipes.get("mlp").resolved("dry-run")[0]
-    pipeline.train("mlp", profile="dry-run", options=opts, models_root=tmp_path / "m",
-                   runs_root=tmp_path / "r", resume=True)
+    pipeline.train(
+        "mlp",
+        profile="dry-run",
+        options=opts,
+        models_root=tmp_path / "m",
+        runs_root=tmp_path / "r",
+        resume=True,
+    )
     ckpt = load_checkpoint(tmp_path / "r" / "mlp" / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
     lines = (tmp_path / "r" / "mlp" / "metrics.jsonl").read_text().splitlines()
@@ -120,10 +148,23 @@ def test_resume_continues_an_interrupted_run(tmp_path):
 
 def test_batch_gradient_descent_and_mse_loss_learn(tmp_path):
     # 'full' = one step per epoch over all examples; the seed's squared error on sigmoid outputs
-    folder = pipeline.train("mlp", profile="dry-run", options={
-        "batch_size": "full", "loss": "mse", "optimizer": "sgd", "lr": 0.5, "epochs": 30,
-        "max_batches": None, "limit": 300, "augment": "none", "patience": None},
-        models_root=tmp_path / "m", runs_root=tmp_path / "r")
+    folder = pipeline.train(
+        "mlp",
+        profile="dry-run",
+        options={
+            "batch_size": "full",
+            "loss": "mse",
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "epochs": 30,
+            "max_batches": None,
+            "limit": 300,
+            "augment": "none",
+            "patience": None,
+        },
+        models_root=tmp_path / "m",
+        runs_root=tmp_path / "r",
+    )
     history = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 30
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
@@ -131,15 +172,32 @@ def test_batch_gradient_descent_and_mse_loss_learn(tmp_path):
 
 def _cli(*args, cwd=ROOT, extra_env=None, timeout=600):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_end_to_end(tmp_path):
     listed = _cli("list")
     assert listed.returncode == 0 and "resnet152" in listed.stdout and "lenet5" in listed.stdout
-    out = _cli("--models", str(tmp_path / "m"), "--runs", str(tmp_path / "r"), "train", "lenet5",
-               "--dry-run", "--optimizer", "rmsprop", "--batch-size", "16")
+    out = _cli(
+        "--models",
+        str(tmp_path / "m"),
+        "--runs",
+        str(tmp_path / "r"),
+        "train",
+        "lenet5",
+        "--dry-run",
+        "--optimizer",
+        "rmsprop",
+        "--batch-size",
+        "16",
+    )
     assert out.returncode == 0, out.stderr
     card = load_card(tmp_path / "m" / "lenet5" / "1" / "card.json")
     assert card.training["optimizer"] == "rmsprop" and card.training["batch_size"] == 16
@@ -151,10 +209,30 @@ def test_torchrun_data_parallel_on_two_cpu_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training", "--quiet",
-         "--models", str(tmp_path / "m"), "--runs", str(tmp_path / "r"),
-         "train", "lenet5", "--dry-run", "--epochs", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training",
+            "--quiet",
+            "--models",
+            str(tmp_path / "m"),
+            "--runs",
+            str(tmp_path / "r"),
+            "train",
+            "lenet5",
+            "--dry-run",
+            "--epochs",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     card = load_card(tmp_path / "m" / "lenet5" / "1" / "card.json")
     assert card.metrics["epochs_run"] == 2
@@ -163,9 +241,16 @@ def test_torchrun_data_parallel_on_two_cpu_processes(tmp_path):
 
 def test_the_seed_fixes_the_whole_run_initial_weights_included(tmp_path):
     """Two runs with the same seed end with the same weights; another seed does not."""
+
     def weights(seed: int, where: str) -> dict:
-        pipeline.train("lenet5", profile="dry-run", options={"seed": seed}, models_root=tmp_path / where / "m",
-                       runs_root=tmp_path / where / "r", progress=False)
+        pipeline.train(
+            "lenet5",
+            profile="dry-run",
+            options={"seed": seed},
+            models_root=tmp_path / where / "m",
+            runs_root=tmp_path / where / "r",
+            progress=False,
+        )
         return load_checkpoint(tmp_path / where / "r" / "lenet5" / "best.pt")["model"]
 
     a, b, c = weights(3, "a"), weights(3, "b"), weights(4, "c")

@@ -230,7 +230,7 @@ def test_cuda_without_gpu_refuses_with_a_clear_message():
 
 
 def test_bad_model_bytes_raise_on_cpu():
-    with pytest.raises(Exception, match="INVALID_PROTOBUF"):  # noqa: B017 (ORT's own error type)
+    with pytest.raises(Exception, match="INVALID_PROTOBUF"):
         rt.open_session(b"not a model", rt.RuntimeConfig(device="cpu"))
 
 

@@ -14,9 +14,10 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.card import CARD_FILE, Card, GraphIO, Parity, TensorSpec, sha256_file
+from service.card import CARD_FILE, Card, GraphIO, Parity, TensorSpec, sha256_file, versions
 
 log = logging.getLogger("training.export")
 
@@ -33,8 +34,11 @@ PARITY_BATCHES = (1, 7)
 PARITY_RTOL = 1e-4  # max|ort - torch| <= 1e-4 * max(1, max|torch|)
 
 _DTYPES = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
 }
 
 
@@ -62,8 +66,9 @@ def graph_io(model: onnx.ModelProto) -> GraphIO:
         shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
         return TensorSpec(name=v.name, dtype=_DTYPES[t.elem_type], shape=shape)
 
-    return GraphIO(inputs=[spec(v) for v in model.graph.input],
-                   outputs=[spec(v) for v in model.graph.output])
+    return GraphIO(
+        inputs=[spec(v) for v in model.graph.input], outputs=[spec(v) for v in model.graph.output]
+    )
 
 
 def export_graph(graph: Graph, path: Path) -> GraphIO:
@@ -74,13 +79,24 @@ def export_graph(graph: Graph, path: Path) -> GraphIO:
     dynamic_shapes = []
     for name in graph.input_names:
         axes = graph.dynamic.get(name, {})
-        dynamic_shapes.append({a: dims.setdefault(n, torch.export.Dim(n, min=1, max=1 << 16))
-                               for a, n in axes.items()} or None)
+        dynamic_shapes.append(
+            {
+                a: dims.setdefault(n, torch.export.Dim(n, min=1, max=1 << 16))
+                for a, n in axes.items()
+            }
+            or None
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, example, input_names=graph.input_names, output_names=graph.output_names,
-            dynamic_shapes=tuple(dynamic_shapes), dynamo=True, external_data=False, verbose=False,
+            module,
+            example,
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_shapes=tuple(dynamic_shapes),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     if program is None:
         raise ExportError(f"{path.name}: the exporter returned nothing")
@@ -96,13 +112,17 @@ def export_graph(graph: Graph, path: Path) -> GraphIO:
             got = by_name[name].shape[axis]
             if got != dim:
                 # e.g. the dynamo exporter silently fixing a sequence length to the example's
-                raise ExportError(f"{path.name}: input {name} axis {axis} should be {dim!r}, is {got!r}")
+                raise ExportError(
+                    f"{path.name}: input {name} axis {axis} should be {dim!r}, is {got!r}"
+                )
     return io
 
 
-def check_parity(graph: Graph, path: Path, batches: tuple[int, ...] = PARITY_BATCHES,
-                 seed: int = 1234) -> Parity:
-    """Run ONNX Runtime and PyTorch on fresh random inputs at each batch size; raise if they differ."""
+def check_parity(
+    graph: Graph, path: Path, batches: tuple[int, ...] = PARITY_BATCHES, seed: int = 1234
+) -> Parity:
+    """Run ONNX Runtime and PyTorch on fresh random inputs at each batch size; raise if they
+    differ."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
     worst, tolerance = 0.0, 0.0
@@ -111,34 +131,38 @@ def check_parity(graph: Graph, path: Path, batches: tuple[int, ...] = PARITY_BAT
         with torch.inference_mode():
             expected = graph.module.eval()(*inputs)
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        got = sess.run(graph.output_names, {n: t.numpy() for n, t in zip(graph.input_names, inputs)})
+        got = sess.run(
+            graph.output_names, {n: t.numpy() for n, t in zip(graph.input_names, inputs)}
+        )
         for name, e, g in zip(graph.output_names, expected, got):
             e = e.detach().float().numpy()
             if e.shape != g.shape:
-                raise ExportError(f"{path.name}: output {name} shape {g.shape} != torch {e.shape} at batch {b}")
+                raise ExportError(
+                    f"{path.name}: output {name} shape {g.shape} != torch {e.shape} at batch {b}"
+                )
             diff = float(np.max(np.abs(e - g))) if e.size else 0.0
             tol = PARITY_RTOL * max(1.0, float(np.max(np.abs(e))) if e.size else 1.0)
             if not diff <= tol:
-                raise ExportError(f"{path.name}: output {name} differs from torch by {diff:.3g} "
-                                  f"(tolerance {tol:.3g}) at batch {b}")
+                raise ExportError(
+                    f"{path.name}: output {name} differs from torch by {diff:.3g} "
+                    f"(tolerance {tol:.3g}) at batch {b}"
+                )
             worst, tolerance = max(worst, diff), max(tolerance, tol)
     return Parity(max_abs_diff=worst, tolerance=tolerance, batch_sizes=list(batches))
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def existing_versions(models_root: Path, name: str) -> list[int]:
-    folder = models_root / name
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def publish(
@@ -170,11 +194,17 @@ def publish(
                 (tmp / fname).write_bytes(content)
             else:
                 shutil.copyfile(content, tmp / fname)
-        for attempt in range(100):
-            version = (existing_versions(models_root, name) or [0])[-1] + 1
-            card = Card(**card_fields, version=version, git_commit=git_commit(),
-                        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        files=files, io=io, parity=parity)
+        for _attempt in range(100):
+            version = (versions(models_root, name) or [0])[-1] + 1
+            card = Card(
+                **card_fields,
+                version=version,
+                git_commit=git_commit(),
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                files=files,
+                io=io,
+                parity=parity,
+            )
             (tmp / CARD_FILE).write_text(card.to_json())
             if card_md is not None:
                 (tmp / "card.md").write_text(card_md(card))

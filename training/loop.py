@@ -1,4 +1,5 @@
-"""Train and evaluate: optimizers, schedules, early stopping, checkpoints, progress, data parallelism.
+"""Train and evaluate: optimizers, schedules, early stopping, checkpoints, progress, data
+parallelism.
 
 Nothing here knows which model it trains: an *objective* supplies the loss of a batch and the
 validation metrics; the loop does the rest. Checkpoints are plain dicts of tensors and numbers
@@ -14,9 +15,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -88,6 +90,7 @@ class Objective(Protocol):
 
 # --- building blocks ------------------------------------------------------------------------------
 
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +106,9 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":
@@ -136,6 +141,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # --- distributed ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
@@ -158,6 +164,7 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 # --- the loop ---------------------------------------------------------------------------------
 
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -170,12 +177,12 @@ class FitResult:
 def _batches(n: int, batch_size: int | str, gen: torch.Generator, dist_info: DistInfo):
     size = n if batch_size == "full" else int(batch_size)
     order = torch.randperm(n, generator=gen)
-    order = order[dist_info.rank::dist_info.world]  # each rank its shard, same permutation
+    order = order[dist_info.rank :: dist_info.world]  # each rank its shard, same permutation
     per_rank = max(1, size // dist_info.world) if size > 1 else 1
     # every rank must run the same number of steps, or DDP's all-reduce waits forever
     steps = math.ceil(math.ceil(n / dist_info.world) / per_rank)
     for i in range(steps):
-        idx = order[i * per_rank:(i + 1) * per_rank]
+        idx = order[i * per_rank : (i + 1) * per_rank]
         if len(idx) == 0:
             idx = order[:per_rank]
         yield idx
@@ -234,8 +241,14 @@ def fit(
         best_epoch, best_metric = ckpt["best_epoch"], ckpt["best_metric"]
         best_state = ckpt["best_model"]
         bad_epochs = ckpt["bad_epochs"]
-        log.info("resumed %s at epoch %d (best %s %.4f at %d)", run_dir, start_epoch,
-                 objective.metric, sign * best_metric, best_epoch)
+        log.info(
+            "resumed %s at epoch %d (best %s %.4f at %d)",
+            run_dir,
+            start_epoch,
+            objective.metric,
+            sign * best_metric,
+            best_epoch,
+        )
     elif dist_info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.unlink(missing_ok=True)
@@ -253,8 +266,14 @@ def fit(
         batches = list(_batches(n, cfg.batch_size, gen, dist_info))
         if cfg.max_batches is not None:
             batches = batches[: cfg.max_batches]
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                   disable=not (progress and dist_info.main), dynamic_ncols=True)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not (progress and dist_info.main),
+            dynamic_ncols=True,
+        )
         for idx in bar:
             batch = tuple(t[idx].to(device, non_blocking=True) for t in train)
             if augment is not None:
@@ -277,9 +296,13 @@ def fit(
         with torch.inference_mode():
             val_stats = objective.evaluate(model, tuple(t.to(device) for t in val))
         metric = sign * val_stats[objective.metric]
-        row = {"epoch": epoch, "train_loss": total / max(count, 1),
-               **{f"val_{k}": v for k, v in val_stats.items()},
-               "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t_epoch, 3)}
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            **{f"val_{k}": v for k, v in val_stats.items()},
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t_epoch, 3),
+        }
         history.append(row)
         if metric > best_metric:
             best_metric, best_epoch, bad_epochs = metric, epoch, 0
@@ -287,25 +310,49 @@ def fit(
         else:
             bad_epochs += 1
         if dist_info.main:
-            log.info("epoch %d/%d train_loss %.4f val_%s %.4f%s", epoch, cfg.epochs, row["train_loss"],
-                     objective.metric, val_stats[objective.metric], " *" if best_epoch == epoch else "")
+            log.info(
+                "epoch %d/%d train_loss %.4f val_%s %.4f%s",
+                epoch,
+                cfg.epochs,
+                row["train_loss"],
+                objective.metric,
+                val_stats[objective.metric],
+                " *" if best_epoch == epoch else "",
+            )
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            save_atomic({
-                "format": CHECKPOINT_FORMAT, **(meta or {}), "config": asdict(cfg),
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": gen.get_state(), "history": history,
-                "best_epoch": best_epoch, "best_metric": best_metric, "best_model": best_state,
-                "bad_epochs": bad_epochs,
-            }, ckpt_path)
+            save_atomic(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    **(meta or {}),
+                    "config": asdict(cfg),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": gen.get_state(),
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "best_metric": best_metric,
+                    "best_model": best_state,
+                    "bad_epochs": bad_epochs,
+                },
+                ckpt_path,
+            )
 
     model.load_state_dict(best_state)  # early stopping restores the best weights
     model.eval()
-    return FitResult(history=history, best_epoch=best_epoch, best_metric=sign * best_metric,
-                     stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+    return FitResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_metric=sign * best_metric,
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 # --- after fit: shared by every task's trainer ---------------------------------------------------
+
 
 def finish_distributed() -> bool:
     """After ``fit``: tear the process group down; True on the rank that exports (rank 0)."""
@@ -321,29 +368,54 @@ def history_lines(history: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(h) + "\n" for h in history).encode()
 
 
-def save_best(run_dir: Path, *, meta: dict[str, Any], cfg: TrainConfig, model: nn.Module,
-              metrics: dict[str, Any], history: list, data, splits: dict[str, int] | None = None,
-              **extra: Any) -> Path:
+def save_best(
+    run_dir: Path,
+    *,
+    meta: dict[str, Any],
+    cfg: TrainConfig,
+    model: nn.Module,
+    metrics: dict[str, Any],
+    history: list,
+    data,
+    splits: dict[str, int] | None = None,
+    **extra: Any,
+) -> Path:
     """A finished run's ``best.pt``: what an exporter needs to rebuild and describe the model (the
     recipe's ``meta``, config, weights, metrics, history, the data set's name, source and split
     sizes), plus the task's own ``extra`` entries. Written atomically; returns its path."""
     best = Path(run_dir) / "best.pt"
-    save_atomic({
-        "format": CHECKPOINT_FORMAT, **meta, "config": asdict(cfg), "model": model.state_dict(),
-        "metrics": metrics, "history": history,
-        "dataset": {"name": data.name, "source": data.source, "splits": splits or data.splits()},
-        **extra,
-    }, best)
+    save_atomic(
+        {
+            "format": CHECKPOINT_FORMAT,
+            **meta,
+            "config": asdict(cfg),
+            "model": model.state_dict(),
+            "metrics": metrics,
+            "history": history,
+            "dataset": {
+                "name": data.name,
+                "source": data.source,
+                "splits": splits or data.splits(),
+            },
+            **extra,
+        },
+        best,
+    )
     return best
 
 
 def fit_metrics(result, model: nn.Module) -> dict[str, Any]:
-    return {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # --- classification ---------------------------------------------------------------------------
+
 
 class Classification:
     """Cross-entropy (or the seed's squared error on sigmoid outputs) and accuracy."""
@@ -366,7 +438,7 @@ class Classification:
 
     @torch.inference_mode()
     def predict(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        return torch.cat([model(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+        return torch.cat([model(x[i : i + batch]).float() for i in range(0, len(x), batch)])
 
     def evaluate(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
         x, y = data

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no screen; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from service.card import Card  # noqa: E402
+from service.card import Card
 
 
 def _png(fig) -> bytes:
@@ -43,8 +44,15 @@ def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str])
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
     ax.set_xticks(range(k), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(k), labels, fontsize=7)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("test confusion matrix")
@@ -52,17 +60,28 @@ def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str])
 
 
 def card_markdown(card: Card, summary: str, images: Sequence[str]) -> str:
-    lines = [f"# {card.name} v{card.version}", "", f"{summary}.", "",
-             f"- task: `{card.task}`, architecture: `{card.architecture}`",
-             f"- data: `{card.dataset.name}` from `{card.dataset.source}`, splits "
-             + ", ".join(f"{k} {v}" for k, v in card.dataset.splits.items()),
-             f"- created {card.created}, commit `{card.git_commit or 'unknown'}`", "",
-             "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines = [
+        f"# {card.name} v{card.version}",
+        "",
+        f"{summary}.",
+        "",
+        f"- task: `{card.task}`, architecture: `{card.architecture}`",
+        f"- data: `{card.dataset.name}` from `{card.dataset.source}`, splits "
+        + ", ".join(f"{k} {v}" for k, v in card.dataset.splits.items()),
+        f"- created {card.created}, commit `{card.git_commit or 'unknown'}`",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     for k, v in card.metrics.items():
         lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     lines += ["", "## Training", "", "| option | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in card.training.items()]
     lines += ["", "## Graphs", "", "| role | file | parity (max abs diff) |", "|---|---|---|"]
-    lines += [f"| {r} | `{f.path}` | {card.parity[r].max_abs_diff:.2e} |" for r, f in card.files.items()]
+    lines += [
+        f"| {r} | `{f.path}` | {card.parity[r].max_abs_diff:.2e} |" for r, f in card.files.items()
+    ]
     lines += [""] + [f"![{img}]({img})" for img in images]
     return "\n".join(lines) + "\n"

@@ -39,8 +39,15 @@ from training.architectures.seq2seq import Seq2Seq, Seq2SeqDecoderStep, Seq2SeqE
 from training.data import dates as dates_data
 from training.data.text import load_text
 from training.export import BATCH, Graph, publish
-from training.loop import (TrainConfig, finish_distributed, fit, fit_metrics,
-                           history_lines, load_checkpoint, save_best)
+from training.loop import (
+    TrainConfig,
+    finish_distributed,
+    fit,
+    fit_metrics,
+    history_lines,
+    load_checkpoint,
+    save_best,
+)
 from training.report import card_markdown, learning_curves
 
 log = logging.getLogger("training")
@@ -52,13 +59,17 @@ LN2 = math.log(2.0)
 
 # --- shared by the task trainers ------------------------------------------------------------------
 
-def split_options(values: dict[str, Any], task_defaults: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+
+def split_options(
+    values: dict[str, Any], task_defaults: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any]]:
     """A recipe's train dict (plus CLI options) -> (TrainConfig, the task's own options)."""
     task = {k: values.get(k, v) for k, v in task_defaults.items()}
     return TrainConfig.from_dict({k: v for k, v in values.items() if k not in task_defaults}), task
 
 
 # --- language models ------------------------------------------------------------------------------
+
 
 class LanguageModeling:
     """Next-character cross-entropy; validation in bits per character over the whole held-out text.
@@ -87,9 +98,11 @@ class LanguageModeling:
         text = ids[: streams * length].view(streams, length)  # (S, L / S)
         state, total, count = None, 0.0, 0
         for start in range(0, length - 1, self.chunk):
-            x = text[:, start:start + self.chunk + 1]  # (S, <= chunk + 1)
+            x = text[:, start : start + self.chunk + 1]  # (S, <= chunk + 1)
             logits, state = model(x[:, :-1], state)  # (S, t, V)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum").item()
+            total += F.cross_entropy(
+                logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
+            ).item()
             count += x[:, 1:].numel()
         loss = total / max(count, 1)
         return {"loss": loss, "bpc": loss / LN2}
@@ -104,16 +117,25 @@ def lm_sequences(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     return ids[index]
 
 
-def train_language_model(recipe: recipes.Recipe, *, profile: str | None = None,
-                         options: dict[str, Any] | None = None, dataset: str | None = None,
-                         data_root: str | None = None, models_root: Path = Path("models"),
-                         runs_root: Path = Path("runs"), resume: bool = False,
-                         progress: bool = True) -> Path | None:
+def train_language_model(
+    recipe: recipes.Recipe,
+    *,
+    profile: str | None = None,
+    options: dict[str, Any] | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    models_root: Path = Path("models"),
+    runs_root: Path = Path("runs"),
+    resume: bool = False,
+    progress: bool = True,
+) -> Path | None:
     """Train a character language model on ``text`` and publish it. ``data_root``: a UTF-8 file
     (default: CPython's help topics)."""
     if (dataset or recipe.dataset) != "text":
-        raise ValueError(f"{recipe.name}: language models train on 'text' (any UTF-8 file via "
-                         f"--data-root), not {dataset!r}")
+        raise ValueError(
+            f"{recipe.name}: language models train on 'text' (any UTF-8 file via "
+            f"--data-root), not {dataset!r}"
+        )
     model_args, train_opts, _ = recipe.resolved(profile)
     cfg, task = split_options({**train_opts, **(options or {})}, LM_OPTIONS)
     data = load_text(data_root)
@@ -125,22 +147,52 @@ def train_language_model(recipe: recipes.Recipe, *, profile: str | None = None,
     torch.manual_seed(cfg.seed)
     model = recipe.builder(**model_args)
     objective = LanguageModeling()
-    meta = {"recipe": recipe.name, "task": recipe.task, "architecture": recipe.name,
-            "model_args": model_args, "task_options": task}
+    meta = {
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "architecture": recipe.name,
+        "model_args": model_args,
+        "task_options": task,
+    }
     run_dir = Path(runs_root) / recipe.name
-    result = fit(model, (sequences,), (val_ids,), objective, cfg, run_dir, meta=meta, resume=resume,
-                 progress=progress)
+    result = fit(
+        model,
+        (sequences,),
+        (val_ids,),
+        objective,
+        cfg,
+        run_dir,
+        meta=meta,
+        resume=resume,
+        progress=progress,
+    )
     if not finish_distributed():
         return None
 
     model.cpu().eval()
     val = objective.evaluate(model, (val_ids,))
-    metrics = {"val_bpc": round(val["bpc"], 4), "val_loss": round(val["loss"], 4),
-               **fit_metrics(result, model)}
-    log.info("%s: val %.3f bits/char (best epoch %d, %.0f s)", recipe.name, val["bpc"],
-             result.best_epoch, result.seconds)
-    best = save_best(run_dir, meta=meta, cfg=cfg, model=model, metrics=metrics, history=result.history, data=data,
-                     tokens=data.tokens)
+    metrics = {
+        "val_bpc": round(val["bpc"], 4),
+        "val_loss": round(val["loss"], 4),
+        **fit_metrics(result, model),
+    }
+    log.info(
+        "%s: val %.3f bits/char (best epoch %d, %.0f s)",
+        recipe.name,
+        val["bpc"],
+        result.best_epoch,
+        result.seconds,
+    )
+    best = save_best(
+        run_dir,
+        meta=meta,
+        cfg=cfg,
+        model=model,
+        metrics=metrics,
+        history=result.history,
+        data=data,
+        tokens=data.tokens,
+    )
     return export_language_model(best, models_root)
 
 
@@ -160,12 +212,15 @@ def greedy_generate(model: CharRNN, prompt: list[int], n: int) -> list[int]:
 
 
 @torch.inference_mode()
-def sample_text(model: CharRNN, tokens: list[str], prompt: str, n: int, temperature: float = 0.8,
-                seed: int = 0) -> str:
+def sample_text(
+    model: CharRNN, tokens: list[str], prompt: str, n: int, temperature: float = 0.8, seed: int = 0
+) -> str:
     """A seeded sample (for the card), ``temperature``-scaled."""
     index = {t: i for i, t in enumerate(tokens)}
     gen = torch.Generator().manual_seed(seed)
-    logits, state = model(torch.tensor([[index.get(c, len(tokens) - 1) for c in prompt]]), model.init_state(1))
+    logits, state = model(
+        torch.tensor([[index.get(c, len(tokens) - 1) for c in prompt]]), model.init_state(1)
+    )
     out = []
     for _ in range(n):
         probs = torch.softmax(logits[0, -1] / temperature, dim=0)
@@ -176,27 +231,43 @@ def sample_text(model: CharRNN, tokens: list[str], prompt: str, n: int, temperat
 
 
 def export_language_model(path: Path, models_root: Path) -> Path:
-    """Publish a language-model checkpoint's ``step`` graph and card; nothing is written on failure."""
+    """Publish a language-model checkpoint's ``step`` graph and card; nothing is written on
+    failure."""
     ckpt = load_checkpoint(path)
     model = rebuild_language_model(ckpt)
-    vocab, slots, hidden = ckpt["model_args"]["vocab_size"], model.layers * model.state_factor, model.hidden
+    vocab, slots, hidden = (
+        ckpt["model_args"]["vocab_size"],
+        model.layers * model.state_factor,
+        model.hidden,
+    )
     graph = Graph(
         module=CharRNNStep(model),
-        make_inputs=lambda b, g: (torch.randint(0, vocab, (b,), generator=g),
-                                  0.5 * torch.randn(b, slots, hidden, generator=g)),
-        input_names=["tokens", "state"], output_names=["logits", "next_state"],
+        make_inputs=lambda b, g: (
+            torch.randint(0, vocab, (b,), generator=g),
+            0.5 * torch.randn(b, slots, hidden, generator=g),
+        ),
+        input_names=["tokens", "state"],
+        output_names=["logits", "next_state"],
         dynamic={"tokens": {0: BATCH}, "state": {0: BATCH}},
     )
     tokens = ckpt["tokens"]
     recipe = recipes.get(ckpt["recipe"])
-    layout = (f"state (batch, {slots}, {hidden}): zeros to start; "
-              + (f"[:, :{model.layers}] hidden h, [:, {model.layers}:] cell c per layer"
-                 if model.cell == "lstm" else "one hidden state per layer"))
+    layout = f"state (batch, {slots}, {hidden}): zeros to start; " + (
+        f"[:, :{model.layers}] hidden h, [:, {model.layers}:] cell c per layer"
+        if model.cell == "lstm"
+        else "one hidden state per layer"
+    )
     card_fields = {
-        "name": ckpt["recipe"], "architecture": ckpt["architecture"], "task": ckpt["task"],
+        "name": ckpt["recipe"],
+        "architecture": ckpt["architecture"],
+        "task": ckpt["task"],
         "dataset": ckpt["dataset"],
-        "training": {**ckpt["config"], **ckpt["task_options"], "model_args": ckpt["model_args"],
-                     "state_layout": layout},
+        "training": {
+            **ckpt["config"],
+            **ckpt["task_options"],
+            "model_args": ckpt["model_args"],
+            "state_layout": layout,
+        },
         "metrics": ckpt["metrics"],
         "vocab": {"tokens": tokens, "special": {"unk": len(tokens) - 1}},
     }
@@ -207,17 +278,21 @@ def export_language_model(path: Path, models_root: Path) -> Path:
     }
 
     def card_md(card) -> str:
-        return (card_markdown(card, recipe.summary, ["learning_curves.png"])
-                + f"\n## Sample\n\nTemperature 0.8, seed 0, from `The `:\n\n```text\n{sample}\n```\n")
+        return (
+            card_markdown(card, recipe.summary, ["learning_curves.png"])
+            + f"\n## Sample\n\nTemperature 0.8, seed 0, from `The `:\n\n```text\n{sample}\n```\n"
+        )
 
     return publish(models_root, card_fields, {"step": graph}, extras, card_md=card_md)
 
 
-# --- seq2seq ----------------------------------------------------------------------------------------
+# --- seq2seq --------------------------------------------------------------------------------------
+
 
 @torch.inference_mode()
 def greedy_translate(model: Seq2Seq, source: torch.Tensor, max_len: int) -> torch.Tensor:
-    """PyTorch reference: source (B, S) -> (B, max_len) ids, ``<pad>`` after each row's ``<eos>``."""
+    """PyTorch reference: source (B, S) -> (B, max_len) ids, ``<pad>`` after each row's
+    ``<eos>``."""
     memory, mask, state = model.encode(source)
     token = torch.full((len(source),), dates_data.BOS, dtype=torch.int64)
     done = torch.zeros(len(source), dtype=torch.bool)
@@ -261,17 +336,25 @@ class Translation:
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         source, target = batch  # (B, S), (B, T + 1) = <bos> y_1 .. y_n <eos> (<pad>...)
         logits = model(source, target[:, :-1])  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), target[:, 1:].flatten(), ignore_index=dates_data.PAD)
+        return F.cross_entropy(
+            logits.flatten(0, 1), target[:, 1:].flatten(), ignore_index=dates_data.PAD
+        )
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 500) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 500
+    ) -> dict[str, float]:
         source, target = data
         total, count, exact = 0.0, 0, 0
         for i in range(0, len(source), batch):
-            s, t = source[i:i + batch], target[i:i + batch]
+            s, t = source[i : i + batch], target[i : i + batch]
             logits = model(s, t[:, :-1])
-            total += F.cross_entropy(logits.flatten(0, 1).float(), t[:, 1:].flatten(),
-                                     ignore_index=dates_data.PAD, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.flatten(0, 1).float(),
+                t[:, 1:].flatten(),
+                ignore_index=dates_data.PAD,
+                reduction="sum",
+            ).item()
             count += int((t[:, 1:] != dates_data.PAD).sum())
             exact += int(self.matches(model, s, t).sum())
         return {"loss": total / max(count, 1), "exact_match": exact / max(len(source), 1)}
@@ -294,11 +377,18 @@ def _seq2seq_tensors(data: dates_data.DatesData, pairs: dates_data.Pairs, limit:
     return source, torch.cat([bos, target], dim=1)  # (N, S), (N, T + 1)
 
 
-def train_seq2seq(recipe: recipes.Recipe, *, profile: str | None = None,
-                  options: dict[str, Any] | None = None, dataset: str | None = None,
-                  data_root: str | None = None, models_root: Path = Path("models"),
-                  runs_root: Path = Path("runs"), resume: bool = False,
-                  progress: bool = True) -> Path | None:
+def train_seq2seq(
+    recipe: recipes.Recipe,
+    *,
+    profile: str | None = None,
+    options: dict[str, Any] | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    models_root: Path = Path("models"),
+    runs_root: Path = Path("runs"),
+    resume: bool = False,
+    progress: bool = True,
+) -> Path | None:
     """Train the attention encoder-decoder on generated ``dates`` and publish it."""
     if (dataset or recipe.dataset) != "dates" or data_root is not None:
         raise ValueError(f"{recipe.name}: trains on the generated 'dates' pairs (no data root)")
@@ -313,11 +403,19 @@ def train_seq2seq(recipe: recipes.Recipe, *, profile: str | None = None,
     torch.manual_seed(cfg.seed)
     model = recipe.builder(**model_args)
     objective = Translation(max_target)
-    meta = {"recipe": recipe.name, "task": recipe.task, "architecture": recipe.name,
-            "model_args": model_args, "task_options": task,
-            "max_source_len": dates_data.MAX_SOURCE_LEN, "max_target_len": max_target}
+    meta = {
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "architecture": recipe.name,
+        "model_args": model_args,
+        "task_options": task,
+        "max_source_len": dates_data.MAX_SOURCE_LEN,
+        "max_target_len": max_target,
+    }
     run_dir = Path(runs_root) / recipe.name
-    result = fit(model, train, val, objective, cfg, run_dir, meta=meta, resume=resume, progress=progress)
+    result = fit(
+        model, train, val, objective, cfg, run_dir, meta=meta, resume=resume, progress=progress
+    )
     if not finish_distributed():
         return None
 
@@ -329,16 +427,42 @@ def train_seq2seq(recipe: recipes.Recipe, *, profile: str | None = None,
     for fmt in dates_data.FORMATS:
         rows = [h for h, f in zip(hits, data.test.formats) if f == fmt]
         by_format[fmt] = round(sum(rows) / len(rows), 4) if rows else None
-    errors = [{"source": data.test.sources[i], "target": data.test.targets[i],
-               "output": decode_ids(outputs[i], data.tokens)} for i, h in enumerate(hits) if not h][:20]
-    metrics = {"exact_match": round(sum(hits) / len(hits), 4), "exact_match_by_format": by_format,
-               "test_loss": round(scores["loss"], 5), "test_pairs": len(hits),
-               **fit_metrics(result, model)}
-    log.info("%s: exact match %.4f on %d held-out dates (best epoch %d, %.0f s)", recipe.name,
-             metrics["exact_match"], len(hits), result.best_epoch, result.seconds)
-    best = save_best(run_dir, meta=meta, cfg=cfg, model=model, metrics=metrics, history=result.history, data=data,
-                     splits={"train": len(train[0]), "val": len(val[0]), "test": len(test[0])},
-                     tokens=data.tokens, errors=errors)
+    errors = [
+        {
+            "source": data.test.sources[i],
+            "target": data.test.targets[i],
+            "output": decode_ids(outputs[i], data.tokens),
+        }
+        for i, h in enumerate(hits)
+        if not h
+    ][:20]
+    metrics = {
+        "exact_match": round(sum(hits) / len(hits), 4),
+        "exact_match_by_format": by_format,
+        "test_loss": round(scores["loss"], 5),
+        "test_pairs": len(hits),
+        **fit_metrics(result, model),
+    }
+    log.info(
+        "%s: exact match %.4f on %d held-out dates (best epoch %d, %.0f s)",
+        recipe.name,
+        metrics["exact_match"],
+        len(hits),
+        result.best_epoch,
+        result.seconds,
+    )
+    best = save_best(
+        run_dir,
+        meta=meta,
+        cfg=cfg,
+        model=model,
+        metrics=metrics,
+        history=result.history,
+        data=data,
+        splits={"train": len(train[0]), "val": len(val[0]), "test": len(test[0])},
+        tokens=data.tokens,
+        errors=errors,
+    )
     return export_seq2seq(best, models_root)
 
 
@@ -360,27 +484,47 @@ def export_seq2seq(path: Path, models_root: Path) -> Path:
     def step_inputs(b: int, g: torch.Generator):
         mask = torch.rand(b, length, generator=g) < 0.7
         mask[:, 0] = True  # a source has at least one token
-        return (torch.randint(0, vocab, (b,), generator=g), 0.5 * torch.randn(b, k, hidden, generator=g),
-                0.5 * torch.randn(b, length, 2 * hidden, generator=g), mask)
+        return (
+            torch.randint(0, vocab, (b,), generator=g),
+            0.5 * torch.randn(b, k, hidden, generator=g),
+            0.5 * torch.randn(b, length, 2 * hidden, generator=g),
+            mask,
+        )
 
     graphs = {
-        "encoder": Graph(Seq2SeqEncoder(model), lambda b, g: (source(b, g),), ["tokens"],
-                         ["memory", "mask", "state"], {"tokens": {0: BATCH}}),
-        "decoder_step": Graph(Seq2SeqDecoderStep(model), step_inputs,
-                              ["tokens", "state", "memory", "mask"], ["logits", "next_state", "attention"],
-                              {n: {0: BATCH} for n in ("tokens", "state", "memory", "mask")}),
+        "encoder": Graph(
+            Seq2SeqEncoder(model),
+            lambda b, g: (source(b, g),),
+            ["tokens"],
+            ["memory", "mask", "state"],
+            {"tokens": {0: BATCH}},
+        ),
+        "decoder_step": Graph(
+            Seq2SeqDecoderStep(model),
+            step_inputs,
+            ["tokens", "state", "memory", "mask"],
+            ["logits", "next_state", "attention"],
+            {n: {0: BATCH} for n in ("tokens", "state", "memory", "mask")},
+        ),
     }
     tokens = ckpt["tokens"]
     special = {name.strip("<>"): i for i, name in enumerate(dates_data.SPECIALS)}
     recipe = recipes.get(ckpt["recipe"])
     card_fields = {
-        "name": ckpt["recipe"], "architecture": ckpt["architecture"], "task": ckpt["task"],
+        "name": ckpt["recipe"],
+        "architecture": ckpt["architecture"],
+        "task": ckpt["task"],
         "dataset": ckpt["dataset"],
-        "training": {**ckpt["config"], **ckpt["task_options"], "model_args": ckpt["model_args"],
-                     "max_source_len": length, "max_target_len": ckpt["max_target_len"],
-                     "source_encoding": "characters as vocab ids (unknown -> unk), right-padded with "
-                                        "pad to max_source_len; vocab shared by source and target",
-                     "formats": list(dates_data.FORMATS)},
+        "training": {
+            **ckpt["config"],
+            **ckpt["task_options"],
+            "model_args": ckpt["model_args"],
+            "max_source_len": length,
+            "max_target_len": ckpt["max_target_len"],
+            "source_encoding": "characters as vocab ids (unknown -> unk), right-padded with "
+            "pad to max_source_len; vocab shared by source and target",
+            "formats": list(dates_data.FORMATS),
+        },
         "metrics": ckpt["metrics"],
         "vocab": {"tokens": tokens, "special": special},
     }
@@ -390,13 +534,27 @@ def export_seq2seq(path: Path, models_root: Path) -> Path:
     }
 
     def card_md(card) -> str:
-        rows = "\n".join(f"| {f} | `{dates_data.format_date(dt.date(2021, 3, 3), f)}` | {v} |"
-                         for f, v in card.metrics["exact_match_by_format"].items())
-        errs = "\n".join(f"| `{e['source']}` | `{e['target']}` | `{e['output']}` |" for e in ckpt["errors"])
-        return (card_markdown(card, recipe.summary, ["learning_curves.png"])
-                + "\n## Exact match by format (held-out dates, greedy)\n\n| format | example | exact match |\n"
-                + "|---|---|---|\n" + rows + "\n"
-                + ("\n## Errors (first 20)\n\n| source | target | output |\n|---|---|---|\n" + errs + "\n"
-                   if errs else "\nNo errors on the held-out test pairs.\n"))
+        rows = "\n".join(
+            f"| {f} | `{dates_data.format_date(dt.date(2021, 3, 3), f)}` | {v} |"
+            for f, v in card.metrics["exact_match_by_format"].items()
+        )
+        errs = "\n".join(
+            f"| `{e['source']}` | `{e['target']}` | `{e['output']}` |" for e in ckpt["errors"]
+        )
+        return (
+            card_markdown(card, recipe.summary, ["learning_curves.png"])
+            + "\n## Exact match by format (held-out dates, greedy)\n\n"
+            "| format | example | exact match |\n"
+            + "|---|---|---|\n"
+            + rows
+            + "\n"
+            + (
+                "\n## Errors (first 20)\n\n| source | target | output |\n|---|---|---|\n"
+                + errs
+                + "\n"
+                if errs
+                else "\nNo errors on the held-out test pairs.\n"
+            )
+        )
 
     return publish(models_root, card_fields, graphs, extras, card_md=card_md)

@@ -29,7 +29,8 @@ average pooling exports to Pow -> AveragePool -> Pow -> Div, which took ~1.0 of 
 convolution: ORT 1.72 -> 1.01 ms and PyTorch 2.60 -> 1.94 ms per image (quick model, batch 1). At
 the paper's width the dense 256x256 window does ~50x the needed multiply-adds and is still faster:
 ORT 42.6 -> 36.6 ms, PyTorch 47.6 -> 43.2 ms (224x224, batch 1, one thread).
-``W`` is a non-persistent buffer: checkpoints are the same as with torch's module (LRN has no weights).
+``W`` is a non-persistent buffer: checkpoints are the same as with torch's module (LRN has no
+weights).
 
 ``small_input=True`` is a CIFAR-style stem for 32x32-sized images: the first conv is 3x3 stride 1
 (padding 1) and the first max pool is dropped, so a 32x32 input reaches ``avgpool`` as 7x7.
@@ -49,10 +50,18 @@ _LRN_SIZE, _LRN_ALPHA, _LRN_BETA, _LRN_K = 5, 1e-4, 0.75, 2.0
 class LocalResponseNorm(nn.Module):
     """The paper's local response normalization across channels; see the module docstring."""
 
-    def __init__(self, channels: int, size: int = _LRN_SIZE, alpha: float = _LRN_ALPHA,
-                 beta: float = _LRN_BETA, k: float = _LRN_K) -> None:
+    def __init__(
+        self,
+        channels: int,
+        size: int = _LRN_SIZE,
+        alpha: float = _LRN_ALPHA,
+        beta: float = _LRN_BETA,
+        k: float = _LRN_K,
+    ) -> None:
         super().__init__()
-        offset = torch.arange(channels)[None, :] - torch.arange(channels)[:, None]  # input - output channel
+        offset = (
+            torch.arange(channels)[None, :] - torch.arange(channels)[:, None]
+        )  # input - output channel
         window = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
         self.register_buffer("window", (window.float() * alpha)[:, :, None, None], persistent=False)
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
@@ -61,7 +70,10 @@ class LocalResponseNorm(nn.Module):
         return x * torch.pow(self.k + nn.functional.conv2d(x * x, self.window), -self.beta)
 
     def extra_repr(self) -> str:
-        return f"{self.window.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return (
+            f"{self.window.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, "
+            f"k={self.k}"
+        )
 
 
 def _scaled(channels: int, width: float) -> int:

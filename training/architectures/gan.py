@@ -27,7 +27,8 @@ from torch import nn
 
 
 class Generator(nn.Module):
-    """z (B, latent_dim) -> image (B, channels, 28, 28); ``forward`` returns tanh values in [-1, 1]."""
+    """z (B, latent_dim) -> image (B, channels, 28, 28); ``forward`` returns tanh values in
+    [-1, 1]."""
 
     def __init__(self, latent_dim: int = 64, ngf: int = 64, channels: int = 1) -> None:
         super().__init__()
@@ -68,7 +69,9 @@ class Discriminator(nn.Module):
 class DCGAN(nn.Module):
     """The pair, so one state dict and one builder cover both players."""
 
-    def __init__(self, latent_dim: int = 64, ngf: int = 64, ndf: int = 64, channels: int = 1) -> None:
+    def __init__(
+        self, latent_dim: int = 64, ngf: int = 64, ndf: int = 64, channels: int = 1
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.generator = Generator(latent_dim, ngf, channels)

@@ -14,9 +14,10 @@ i.e. after the embedding, between layers and before the output layer). As in pyt
 
 State layout, everywhere outside this module (checkpoint-free serving, the exported ``step``
 graph): one float32 tensor ``(batch, layers * k, hidden)`` with ``k = 1`` for RNN and GRU
-(``state[:, l]`` is layer ``l``'s hidden state) and ``k = 2`` for LSTM (``state[:, :layers]`` are the
-hidden states h, ``state[:, layers:]`` the cell states c). Batch comes first so that a server can
-stack and split the states of independent streams along axis 0. The initial state is all zeros.
+(``state[:, l]`` is layer ``l``'s hidden state) and ``k = 2`` for LSTM (``state[:, :layers]`` are
+the hidden states h, ``state[:, layers:]`` the cell states c). Batch comes first so that a server
+can stack and split the states of independent streams along axis 0. The initial state is all
+zeros.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ CELLS = ("rnn", "lstm", "gru")
 
 
 class CharRNN(nn.Module):
-    """Embedding, ``layers`` recurrent layers of ``hidden`` units, linear output over the vocabulary.
+    """Embedding, ``layers`` recurrent layers of ``hidden`` units, linear output over the
+    vocabulary.
 
     Args:
         vocab_size: number of tokens (characters plus ``<unk>``).
@@ -39,8 +41,15 @@ class CharRNN(nn.Module):
         cell: ``"rnn"`` (Elman, tanh), ``"lstm"`` or ``"gru"``.
     """
 
-    def __init__(self, vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2,
-                 dropout: float = 0.2, cell: str = "lstm") -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed: int = 64,
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.2,
+        cell: str = "lstm",
+    ) -> None:
         super().__init__()
         if cell.lower() not in CELLS:
             raise ValueError(f"cell {cell!r}: allowed {', '.join(CELLS)}")
@@ -48,8 +57,13 @@ class CharRNN(nn.Module):
         self.state_factor = 2 if self.cell == "lstm" else 1
         self.embedding = nn.Embedding(vocab_size, embed)
         self.drop = nn.Dropout(dropout)
-        self.rnn = getattr(nn, self.cell.upper())(embed, hidden, num_layers=layers, batch_first=True,
-                                                  dropout=dropout if layers > 1 else 0.0)
+        self.rnn = getattr(nn, self.cell.upper())(
+            embed,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.decoder = nn.Linear(hidden, vocab_size)
 
     def init_state(self, batch: int) -> torch.Tensor:
@@ -59,7 +73,7 @@ class CharRNN(nn.Module):
     def _unpack(self, state: torch.Tensor):
         s = state.transpose(0, 1).contiguous()  # (layers * k, B, H)
         if self.cell == "lstm":
-            return s[: self.layers], s[self.layers:]  # h, c: (layers, B, H) each
+            return s[: self.layers], s[self.layers :]  # h, c: (layers, B, H) each
         return s
 
     def _pack(self, state) -> torch.Tensor:
@@ -85,25 +99,36 @@ class CharRNNStep(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, state: torch.Tensor):
-        """tokens (B,) int64, state (B, layers * k, H) -> logits (B, V), state (B, layers * k, H)."""
+        """tokens (B,) int64, state (B, layers * k, H) -> logits (B, V),
+        state (B, layers * k, H)."""
         logits, state = self.model(tokens.unsqueeze(1), state)  # (B, 1, V)
         return logits[:, 0], state
 
 
-def _char_rnn(cell: str, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float) -> CharRNN:
-    return CharRNN(vocab_size, embed=embed, hidden=hidden, layers=layers, dropout=dropout, cell=cell)
+def _char_rnn(
+    cell: str, vocab_size: int, embed: int, hidden: int, layers: int, dropout: float
+) -> CharRNN:
+    return CharRNN(
+        vocab_size, embed=embed, hidden=hidden, layers=layers, dropout=dropout, cell=cell
+    )
 
 
-def rnn(vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2) -> CharRNN:
+def rnn(
+    vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2
+) -> CharRNN:
     """Character language model over Elman (tanh) RNN layers."""
     return _char_rnn("rnn", vocab_size, embed, hidden, layers, dropout)
 
 
-def lstm(vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2) -> CharRNN:
+def lstm(
+    vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2
+) -> CharRNN:
     """Character language model over LSTM layers."""
     return _char_rnn("lstm", vocab_size, embed, hidden, layers, dropout)
 
 
-def gru(vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2) -> CharRNN:
+def gru(
+    vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 2, dropout: float = 0.2
+) -> CharRNN:
     """Character language model over GRU layers."""
     return _char_rnn("gru", vocab_size, embed, hidden, layers, dropout)

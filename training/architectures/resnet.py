@@ -184,41 +184,106 @@ def _resnet(
     return ResNet(block, layers, num_classes, in_channels, width, small_input, zero_init_residual)
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False,
-             zero_init_residual: bool = False) -> ResNet:
+def resnet18(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-18 (He et al. 2015): BasicBlock x [2, 2, 2, 2]."""
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, input_size, width,
-                   small_input, zero_init_residual)
+    return _resnet(
+        BasicBlock,
+        [2, 2, 2, 2],
+        num_classes,
+        in_channels,
+        input_size,
+        width,
+        small_input,
+        zero_init_residual,
+    )
 
 
-def resnet34(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False,
-             zero_init_residual: bool = False) -> ResNet:
+def resnet34(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-34 (He et al. 2015): BasicBlock x [3, 4, 6, 3]."""
-    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, input_size, width,
-                   small_input, zero_init_residual)
+    return _resnet(
+        BasicBlock,
+        [3, 4, 6, 3],
+        num_classes,
+        in_channels,
+        input_size,
+        width,
+        small_input,
+        zero_init_residual,
+    )
 
 
-def resnet50(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False,
-             zero_init_residual: bool = False) -> ResNet:
+def resnet50(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-50 (He et al. 2015): Bottleneck x [3, 4, 6, 3]."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, input_size, width,
-                   small_input, zero_init_residual)
+    return _resnet(
+        Bottleneck,
+        [3, 4, 6, 3],
+        num_classes,
+        in_channels,
+        input_size,
+        width,
+        small_input,
+        zero_init_residual,
+    )
 
 
-def resnet101(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-              width: float = 1.0, small_input: bool = False,
-              zero_init_residual: bool = False) -> ResNet:
+def resnet101(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-101 (He et al. 2015): Bottleneck x [3, 4, 23, 3]."""
-    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, input_size, width,
-                   small_input, zero_init_residual)
+    return _resnet(
+        Bottleneck,
+        [3, 4, 23, 3],
+        num_classes,
+        in_channels,
+        input_size,
+        width,
+        small_input,
+        zero_init_residual,
+    )
 
 
-def resnet152(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-              width: float = 1.0, small_input: bool = False,
-              zero_init_residual: bool = False) -> ResNet:
+def resnet152(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-152 (He et al. 2015): Bottleneck x [3, 8, 36, 3]."""
-    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, input_size, width,
-                   small_input, zero_init_residual)
+    return _resnet(
+        Bottleneck,
+        [3, 8, 36, 3],
+        num_classes,
+        in_channels,
+        input_size,
+        width,
+        small_input,
+        zero_init_residual,
+    )

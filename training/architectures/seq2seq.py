@@ -64,8 +64,16 @@ class Seq2Seq(nn.Module):
         pad: the padding token id (masked out of the alignment).
     """
 
-    def __init__(self, vocab_size: int, embed: int = 64, hidden: int = 128, attention: int = 128,
-                 dropout: float = 0.1, cell: str = "gru", pad: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed: int = 64,
+        hidden: int = 128,
+        attention: int = 128,
+        dropout: float = 0.1,
+        cell: str = "gru",
+        pad: int = 0,
+    ) -> None:
         super().__init__()
         if cell.lower() not in CELLS:
             raise ValueError(f"cell {cell!r}: allowed {', '.join(CELLS)}")
@@ -88,11 +96,13 @@ class Seq2Seq(nn.Module):
         mask = tokens != self.pad  # (B, S)
         x = self.drop(self.embedding(tokens))  # (B, S, E)
         memory, _ = self.encoder(x)  # (B, S, 2H): [forward ; backward] per position
-        backward_first = memory[:, 0, self.hidden:]  # (B, H): the backward layer after reading all
+        backward_first = memory[:, 0, self.hidden :]  # (B, H): the backward layer after reading all
         state = torch.tanh(self.init_state(backward_first))  # (B, k * H)
         return memory, mask, state.view(-1, self.state_factor, self.hidden)  # (B, k, H)
 
-    def step(self, tokens: torch.Tensor, state: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
+    def step(
+        self, tokens: torch.Tensor, state: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ):
         """One decoder step: previous tokens (B,), state (B, k, H), memory (B, S, 2H), mask (B, S)
         -> logits (B, V), next state (B, k, H), attention weights (B, S)."""
         y = self.drop(self.embedding(tokens))  # (B, E)
@@ -105,7 +115,9 @@ class Seq2Seq(nn.Module):
         else:
             h = self.decoder(rnn_in, s)  # (B, H)
             next_state = h.unsqueeze(1)  # (B, 1, H)
-        deep = torch.tanh(self.out_state(h) + self.out_embed(y) + self.out_context(context))  # (B, H)
+        deep = torch.tanh(
+            self.out_state(h) + self.out_embed(y) + self.out_context(context)
+        )  # (B, H)
         return self.out(self.drop(deep)), next_state, weights  # (B, V), (B, k, H), (B, S)
 
     def forward(self, source: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
@@ -136,12 +148,28 @@ class Seq2SeqDecoderStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
+    def forward(
+        self, tokens: torch.Tensor, state: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ):
         return self.model.step(tokens, state, memory, mask)  # (B, V), (B, k, H), (B, S)
 
 
-def seq2seq(vocab_size: int, embed: int = 64, hidden: int = 128, attention: int = 128,
-            dropout: float = 0.1, cell: str = "gru", pad: int = 0) -> Seq2Seq:
+def seq2seq(
+    vocab_size: int,
+    embed: int = 64,
+    hidden: int = 128,
+    attention: int = 128,
+    dropout: float = 0.1,
+    cell: str = "gru",
+    pad: int = 0,
+) -> Seq2Seq:
     """RNNsearch (Bahdanau et al. 2015): bidirectional encoder, attention decoder."""
-    return Seq2Seq(vocab_size, embed=embed, hidden=hidden, attention=attention, dropout=dropout,
-                   cell=cell, pad=pad)
+    return Seq2Seq(
+        vocab_size,
+        embed=embed,
+        hidden=hidden,
+        attention=attention,
+        dropout=dropout,
+        cell=cell,
+        pad=pad,
+    )

@@ -42,8 +42,13 @@ class VAE(nn.Module):
         channels: image channels.
     """
 
-    def __init__(self, latent_dim: int = 16, hidden: Sequence[int] = (512, 256),
-                 image_size: Sequence[int] = (28, 28), channels: int = 1) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (512, 256),
+        image_size: Sequence[int] = (28, 28),
+        channels: int = 1,
+    ) -> None:
         super().__init__()
         self.latent_dim, self.channels = latent_dim, channels
         self.image_size = tuple(int(s) for s in image_size)
@@ -52,7 +57,9 @@ class VAE(nn.Module):
         self.encoder = _mlp([pixels, *hidden])
         self.mean = nn.Linear(hidden[-1], latent_dim)
         self.logvar = nn.Linear(hidden[-1], latent_dim)
-        self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1]]), nn.Linear(hidden[0], pixels))
+        self.decoder = nn.Sequential(
+            _mlp([latent_dim, *hidden[::-1]]), nn.Linear(hidden[0], pixels)
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in [0, 1] -> mean, logvar (B, latent)."""
@@ -60,7 +67,9 @@ class VAE(nn.Module):
         return self.mean(h), self.logvar(h)
 
     @staticmethod
-    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def reparameterize(
+        mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """z = mean + sigma * eps; ``noise`` is eps (default: fresh standard normal)."""
         eps = torch.randn_like(mean) if noise is None else noise
         return mean + torch.exp(0.5 * logvar) * eps  # (B, latent)
@@ -70,7 +79,8 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decode_logits(z))
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, latent) -> Bernoulli logits (B, C, H, W) (the loss uses these: stabler than log)."""
+        """z (B, latent) -> Bernoulli logits (B, C, H, W) (the loss uses these: stabler than
+        log)."""
         return self.decoder(z).view(-1, self.channels, *self.image_size)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
@@ -102,7 +112,11 @@ class VAEDecoder(nn.Module):
         return self.vae.decode(z)  # (B, C, H, W)
 
 
-def vae(latent_dim: int = 16, hidden: Sequence[int] = (512, 256), image_size: Sequence[int] = (28, 28),
-        channels: int = 1) -> VAE:
+def vae(
+    latent_dim: int = 16,
+    hidden: Sequence[int] = (512, 256),
+    image_size: Sequence[int] = (28, 28),
+    channels: int = 1,
+) -> VAE:
     """Variational autoencoder (Kingma & Welling 2014) with MLP encoder and decoder."""
     return VAE(latent_dim, hidden, image_size, channels)

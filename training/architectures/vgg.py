@@ -30,8 +30,29 @@ cfgs: dict[str, list[int | str]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-          512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "E": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 
 
@@ -150,49 +171,97 @@ def _vgg(
     )
 
 
-def vgg11(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-          width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg11(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-11, configuration A (Simonyan & Zisserman 2014)."""
     return _vgg("A", False, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg11_bn(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg11_bn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-11 (configuration A) with batch normalization."""
     return _vgg("A", True, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg13(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-          width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg13(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-13, configuration B (Simonyan & Zisserman 2014)."""
     return _vgg("B", False, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg13_bn(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg13_bn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-13 (configuration B) with batch normalization."""
     return _vgg("B", True, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg16(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-          width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg16(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-16, configuration D (Simonyan & Zisserman 2014)."""
     return _vgg("D", False, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg16_bn(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg16_bn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-16 (configuration D) with batch normalization."""
     return _vgg("D", True, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg19(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-          width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg19(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-19, configuration E (Simonyan & Zisserman 2014)."""
     return _vgg("E", False, num_classes, in_channels, input_size, width, small_input, dropout)
 
 
-def vgg19_bn(num_classes: int = 10, in_channels: int = 1, input_size: Sequence[int] = (32, 32),
-             width: float = 1.0, small_input: bool = False, dropout: float = 0.5) -> VGG:
+def vgg19_bn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: Sequence[int] = (32, 32),
+    width: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-19 (configuration E) with batch normalization."""
     return _vgg("E", True, num_classes, in_channels, input_size, width, small_input, dropout)

@@ -38,7 +38,9 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     raise ValueError(f"unknown augmentation {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def _uniform(
+    n: int, low: float, high: float, generator: torch.Generator, like: torch.Tensor
+) -> torch.Tensor:
     u = torch.rand(n, generator=generator, device=generator.device)
     return (low + (high - low) * u).to(device=like.device, dtype=like.dtype)
 
@@ -48,11 +50,15 @@ def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     angle = _uniform(n, -MAX_DEGREES, MAX_DEGREES, generator, x) * (math.pi / 180)
     scale = _uniform(n, *SCALE, generator, x)
     # affine_grid works in coordinates where the frame spans [-1, 1]: a shift of f frames is 2f.
-    shift = torch.stack([_uniform(n, -MAX_SHIFT, MAX_SHIFT, generator, x) for _ in range(2)], dim=1) * 2  # (N, 2)
+    shift = (
+        torch.stack([_uniform(n, -MAX_SHIFT, MAX_SHIFT, generator, x) for _ in range(2)], dim=1) * 2
+    )  # (N, 2)
     # The image is scaled, rotated, then shifted: out = s R(a) in + t. affine_grid wants the inverse
     # map, output pixel -> input pixel: in = R(-a) / s (out - t).
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    inverse = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1)  # (N, 2, 2)
+    inverse = torch.stack(
+        [torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1
+    )  # (N, 2, 2)
     offset = -(inverse @ shift.unsqueeze(2))  # (N, 2, 1)
     theta = torch.cat([inverse, offset], dim=2)  # (N, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
@@ -66,8 +72,12 @@ def _flip_and_crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     p = CROP_PADDING
     padded = F.pad(x, (p, p, p, p))  # (N, C, H + 2p, W + 2p), zeros around
-    top = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
-    left = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
+    top = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(
+        x.device
+    )
+    left = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(
+        x.device
+    )
     rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = left[:, None] + torch.arange(w, device=x.device)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]

@@ -33,8 +33,20 @@ PAD, BOS, EOS, UNK = range(4)
 MAX_SOURCE_LEN = 32  # every format fits (the longest, "Wednesday, September 30, 2021", is 29)
 TARGET_LEN = 10  # "YYYY-MM-DD"
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # name -> template. Fields: {d} day, {dd} zero-padded day, {do} ordinal day (3rd), {m}/{mm} month,
@@ -70,8 +82,17 @@ def format_date(date: dt.date, fmt: str) -> str:
     """``date`` written in format ``fmt`` (a key of :data:`FORMATS`)."""
     month, weekday = MONTHS[date.month - 1], WEEKDAYS[date.weekday()]
     return FORMATS[fmt].format(
-        d=date.day, dd=f"{date.day:02d}", do=ordinal(date.day), m=date.month, mm=f"{date.month:02d}",
-        B=month, b=month[:3], BU=month[:3].upper(), bl=month.lower(), A=weekday, a=weekday[:3],
+        d=date.day,
+        dd=f"{date.day:02d}",
+        do=ordinal(date.day),
+        m=date.month,
+        mm=f"{date.month:02d}",
+        B=month,
+        b=month[:3],
+        BU=month[:3].upper(),
+        bl=month.lower(),
+        A=weekday,
+        a=weekday[:3],
         Y=f"{date.year:04d}",
     )
 
@@ -81,10 +102,18 @@ def target(date: dt.date) -> str:
 
 
 _FIELD_PATTERNS = {
-    "d": r"(?P<d>\d{1,2})", "dd": r"(?P<d>\d{2})", "do": r"(?P<d>\d{1,2})(?:st|nd|rd|th)",
-    "m": r"(?P<m>\d{1,2})", "mm": r"(?P<m>\d{2})", "Y": r"(?P<Y>\d{4})",
-    "B": r"(?P<B>[A-Z][a-z]+)", "b": r"(?P<b>[A-Z][a-z]{2})", "BU": r"(?P<BU>[A-Z]{3})",
-    "bl": r"(?P<bl>[a-z]+)", "A": r"(?P<A>[A-Z][a-z]+)", "a": r"(?P<a>[A-Z][a-z]{2})",
+    "d": r"(?P<d>\d{1,2})",
+    "dd": r"(?P<d>\d{2})",
+    "do": r"(?P<d>\d{1,2})(?:st|nd|rd|th)",
+    "m": r"(?P<m>\d{1,2})",
+    "mm": r"(?P<m>\d{2})",
+    "Y": r"(?P<Y>\d{4})",
+    "B": r"(?P<B>[A-Z][a-z]+)",
+    "b": r"(?P<b>[A-Z][a-z]{2})",
+    "BU": r"(?P<BU>[A-Z]{3})",
+    "bl": r"(?P<bl>[a-z]+)",
+    "A": r"(?P<A>[A-Z][a-z]+)",
+    "a": r"(?P<a>[A-Z][a-z]{2})",
 }
 
 
@@ -93,7 +122,9 @@ def parse_date(text: str, fmt: str) -> dt.date:
 
     Raises ``ValueError`` if ``text`` is not in format ``fmt`` or names the wrong weekday.
     """
-    pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: _FIELD_PATTERNS[m.group(1)], re.escape(FORMATS[fmt]))
+    pattern = re.sub(
+        r"\\\{(\w+)\\\}", lambda m: _FIELD_PATTERNS[m.group(1)], re.escape(FORMATS[fmt])
+    )
     match = re.fullmatch(pattern, text)
     if match is None:
         raise ValueError(f"{text!r} is not in format {fmt!r}")
@@ -101,8 +132,12 @@ def parse_date(text: str, fmt: str) -> dt.date:
     if g.get("m"):
         month = int(g["m"])
     else:
-        words = {"B": MONTHS, "b": [n[:3] for n in MONTHS], "BU": [n[:3].upper() for n in MONTHS],
-                 "bl": [n.lower() for n in MONTHS]}
+        words = {
+            "B": MONTHS,
+            "b": [n[:3] for n in MONTHS],
+            "BU": [n[:3].upper() for n in MONTHS],
+            "bl": [n.lower() for n in MONTHS],
+        }
         field = next(k for k in words if g.get(k))
         if g[field] not in words[field]:
             raise ValueError(f"{text!r}: unknown month {g[field]!r}")
@@ -137,7 +172,8 @@ class DatesData:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
     def encode(self, texts: list[str], length: int, *, eos: bool = False) -> torch.Tensor:
-        """int64 (len(texts), length): ids right-padded with ``<pad>`` (``eos`` appends ``<eos>``)."""
+        """int64 (len(texts), length): ids right-padded with ``<pad>`` (``eos`` appends
+        ``<eos>``)."""
         return encode(texts, self.tokens, length, eos=eos)
 
 
@@ -161,23 +197,41 @@ def alphabet() -> set[str]:
 def _pairs(dates: list[dt.date], n: int, rng: random.Random, cycle: bool) -> Pairs:
     names = list(FORMATS)
     chosen = [rng.choice(dates) for _ in range(n)]
-    fmts = [names[i % len(names)] for i in range(n)] if cycle else [rng.choice(names) for _ in range(n)]
-    return Pairs([format_date(d, f) for d, f in zip(chosen, fmts)], [target(d) for d in chosen], fmts)
+    fmts = (
+        [names[i % len(names)] for i in range(n)]
+        if cycle
+        else [rng.choice(names) for _ in range(n)]
+    )
+    return Pairs(
+        [format_date(d, f) for d, f in zip(chosen, fmts)], [target(d) for d in chosen], fmts
+    )
 
 
-def load_dates(seed: int = 0, *, n_train: int = 40_000, n_val: int = 1_000, n_test: int = 2_000,
-               held_out_days: int = 6_000) -> DatesData:
+def load_dates(
+    seed: int = 0,
+    *,
+    n_train: int = 40_000,
+    n_val: int = 1_000,
+    n_test: int = 2_000,
+    held_out_days: int = 6_000,
+) -> DatesData:
     """Seeded pairs; val and test dates (``held_out_days`` calendar days, half each) never train."""
     days = [START + dt.timedelta(days=i) for i in range((END - START).days + 1)]
     rng = random.Random(seed)
     rng.shuffle(days)
     half = held_out_days // 2
-    val_days, test_days, train_days = days[:half], days[half:2 * half], days[2 * half:]
+    val_days, test_days, train_days = days[:half], days[half : 2 * half], days[2 * half :]
     if not (val_days and test_days and train_days):
         raise ValueError("held_out_days leaves a split without dates")
     train = _pairs(train_days, n_train, rng, cycle=False)
     val = _pairs(val_days, n_val, rng, cycle=True)
     test = _pairs(test_days, n_test, rng, cycle=True)
     chars = sorted(alphabet())
-    return DatesData(name="dates", source=f"generated: training.data.dates (seed {seed}, {START}..{END})",
-                     train=train, val=val, test=test, tokens=list(SPECIALS) + chars)
+    return DatesData(
+        name="dates",
+        source=f"generated: training.data.dates (seed {seed}, {START}..{END})",
+        train=train,
+        val=val,
+        test=test,
+        tokens=list(SPECIALS) + chars,
+    )

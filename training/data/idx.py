@@ -33,7 +33,8 @@ FILES = {
 def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     """Parse one IDX file (plain or gzip) into an array of its declared type and shape.
 
-    ``magic``, if given, is the magic number the file must have (``IMAGES_MAGIC``, ``LABELS_MAGIC``).
+    ``magic``, if given, is the magic number the file must have (``IMAGES_MAGIC``,
+    ``LABELS_MAGIC``).
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -50,12 +51,16 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions declared)")
+        raise ValueError(
+            f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions declared)"
+        )
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_TYPES[raw[2]])
     expected = header + math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw)} bytes, but its header ({dims} x {dtype.name}) needs {expected}")
+        raise ValueError(
+            f"{path}: {len(raw)} bytes, but its header ({dims} x {dtype.name}) needs {expected}"
+        )
     values = np.frombuffer(raw, dtype, offset=header).reshape(dims)
     return values.astype(dtype.newbyteorder("="), copy=False)
 
@@ -74,7 +79,9 @@ def read_split(root: Path, split: str, num_classes: int = 10) -> tuple[np.ndarra
     images = read_idx(images_path, IMAGES_MAGIC)  # (N, H, W)
     labels = read_idx(labels_path, LABELS_MAGIC)  # (N,)
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        raise ValueError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
     if labels.size and labels.max() >= num_classes:
         raise ValueError(f"{labels_path}: label {labels.max()} is outside 0..{num_classes - 1}")
     return images[:, None], labels.astype(np.int64)  # (N, 1, H, W), (N,)

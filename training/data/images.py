@@ -38,8 +38,18 @@ from training.data import cifar10, digits, idx
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
 
-FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 INK_THRESHOLD = 0.15  # a pixel above this (of the data set's range) is ink
 VAL_FRACTION = 0.1  # MNIST-style and CIFAR: validation is the last 10% of the training files
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L"): colour -> one channel
@@ -70,23 +80,36 @@ class _Source:
 
 _SOURCES = {
     "mnist": _Source(
-        "DLZOO_MNIST", None,
+        "DLZOO_MNIST",
+        None,
         "pass root= or set DLZOO_MNIST to a folder holding MNIST's four IDX files "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte; .gz or not)"),
+        "t10k-labels-idx1-ubyte; .gz or not)",
+    ),
     "fashion-mnist": _Source(
-        "DLZOO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist",
+        "DLZOO_FASHION_MNIST",
+        "/usr/share/datasets/fashion-mnist",
         "`apt-get install dataset-fashion-mnist` installs it in /usr/share/datasets/fashion-mnist; "
-        "or pass root= or set DLZOO_FASHION_MNIST to a folder holding its four IDX files"),
+        "or pass root= or set DLZOO_FASHION_MNIST to a folder holding its four IDX files",
+    ),
     "cifar10": _Source(
-        "DLZOO_CIFAR10", None,
+        "DLZOO_CIFAR10",
+        None,
         "pass root= or set DLZOO_CIFAR10 to the folder unpacked from cifar-10-binary.tar.gz "
-        "(the binary version: data_batch_1.bin .. data_batch_5.bin, test_batch.bin)"),
+        "(the binary version: data_batch_1.bin .. data_batch_5.bin, test_batch.bin)",
+    ),
 }
 
 
-def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (32, 32),
-                channels: int = 1, seed: int = 0, limit: int | None = None) -> ImageData:
+def load_images(
+    name: str,
+    *,
+    root: str | None = None,
+    size: tuple[int, int] = (32, 32),
+    channels: int = 1,
+    seed: int = 0,
+    limit: int | None = None,
+) -> ImageData:
     """Load data set ``name`` as float32 (N, channels, *size) tensors in [0, 1].
 
     ``root``: the data's folder (not for digits, which ships with scikit-learn). ``seed``: digits'
@@ -119,7 +142,9 @@ def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (
         if name == "mnist":
             labels = digits.LABELS
             native = tuple(int(d) for d in train[0].shape[-2:])  # 28x28
-            canonical = _canonical(native, "light", {"mode": "bbox", "fill": 20 / 28, "center": "mass"}, True)
+            canonical = _canonical(
+                native, "light", {"mode": "bbox", "fill": 20 / 28, "center": "mass"}, True
+            )
         else:
             labels = FASHION_LABELS
             canonical = _measured_canonical(raw["train"][0], max_value)
@@ -133,9 +158,19 @@ def load_images(name: str, *, root: str | None = None, size: tuple[int, int] = (
         raw = {**_hold_out(*train), "test": test}
         canonical = _canonical(None, None, {"mode": "none"}, False)
 
-    tensors = {split: _to_tensors(x[:limit], y[:limit], max_value, size, channels) for split, (x, y) in raw.items()}
-    return ImageData(name=name, source=source, labels=list(labels), train=tensors["train"],
-                     val=tensors["val"], test=tensors["test"], canonical=canonical)
+    tensors = {
+        split: _to_tensors(x[:limit], y[:limit], max_value, size, channels)
+        for split, (x, y) in raw.items()
+    }
+    return ImageData(
+        name=name,
+        source=source,
+        labels=list(labels),
+        train=tensors["train"],
+        val=tensors["val"],
+        test=tensors["test"],
+        canonical=canonical,
+    )
 
 
 def find_root(name: str, root: str | None) -> Path:
@@ -147,10 +182,14 @@ def find_root(name: str, root: str | None) -> Path:
     elif src.default is not None:
         chosen, why = src.default, "the default location"
     else:
-        raise FileNotFoundError(f"{name}: no data folder given (root=None, ${src.env} unset); {src.how_to_get}")
+        raise FileNotFoundError(
+            f"{name}: no data folder given (root=None, ${src.env} unset); {src.how_to_get}"
+        )
     folder = Path(chosen).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{name}: looked in {folder} ({why}), which is not a folder; {src.how_to_get}")
+        raise FileNotFoundError(
+            f"{name}: looked in {folder} ({why}), which is not a folder; {src.how_to_get}"
+        )
     return folder
 
 
@@ -171,13 +210,21 @@ def _hold_out(x: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, np.nd
     return {"train": (x[:-n_val], y[:-n_val]), "val": (x[-n_val:], y[-n_val:])}
 
 
-def _canonical(native_size: tuple[int, int] | None, ink: str | None, framing: dict, stretch: bool) -> dict:
-    return {"native_size": native_size, "ink": ink, "background": (1.0, 1.0, 1.0),
-            "framing": framing, "stretch_contrast": stretch}
+def _canonical(
+    native_size: tuple[int, int] | None, ink: str | None, framing: dict, stretch: bool
+) -> dict:
+    return {
+        "native_size": native_size,
+        "ink": ink,
+        "background": (1.0, 1.0, 1.0),
+        "framing": framing,
+        "stretch_contrast": stretch,
+    }
 
 
 def _measured_canonical(images: np.ndarray, max_value: int) -> dict:
-    """Canonical form of a light-ink, one-channel data set, measured on its training images (N, 1, H, W)."""
+    """Canonical form of a light-ink, one-channel data set, measured on its training images
+    (N, 1, H, W)."""
     x = images[:, 0].astype(np.float32) / max_value  # (N, H, W)
     height, width = x.shape[1:]
     framing = measure_framing(x)
@@ -186,7 +233,8 @@ def _measured_canonical(images: np.ndarray, max_value: int) -> dict:
 
 
 def measure_framing(x: np.ndarray, threshold: float = INK_THRESHOLD) -> dict:
-    """How light objects sit in images ``x`` (N, H, W) in [0, 1]: a ``service.card.Framing`` dict."""
+    """How light objects sit in images ``x`` (N, H, W) in [0, 1]: a ``service.card.Framing``
+    dict."""
     n, height, width = x.shape
     ink = x > threshold  # (N, H, W)
     rows, cols = ink.any(axis=2), ink.any(axis=1)  # (N, H), (N, W)
@@ -202,15 +250,22 @@ def measure_framing(x: np.ndarray, threshold: float = INK_THRESHOLD) -> dict:
     frame_centre = np.array([(height - 1) / 2, (width - 1) / 2])  # pixel centres at integers
     box_centre = np.stack([(top + bottom) / 2, (left + right) / 2], axis=1)  # (N, 2)
     mass = x.sum(axis=(1, 2))  # (N,)
-    mass_centre = np.stack([x.sum(axis=2) @ np.arange(height), x.sum(axis=1) @ np.arange(width)], axis=1)
+    mass_centre = np.stack(
+        [x.sum(axis=2) @ np.arange(height), x.sum(axis=1) @ np.arange(width)], axis=1
+    )
     mass_centre /= mass[:, None]  # (N, 2)
     box_off = np.linalg.norm(box_centre - frame_centre, axis=1).mean()
     mass_off = np.linalg.norm(mass_centre - frame_centre, axis=1).mean()
-    return {"mode": "bbox", "fill": round(fill, 4), "center": "bbox" if box_off <= mass_off else "mass"}
+    return {
+        "mode": "bbox",
+        "fill": round(fill, 4),
+        "center": "bbox" if box_off <= mass_off else "mass",
+    }
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray, max_value: int, size: tuple[int, int],
-                channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_tensors(
+    images: np.ndarray, labels: np.ndarray, max_value: int, size: tuple[int, int], channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, C, h, w) -> float32 (N, channels, *size) in [0, 1]; labels -> int64 (N,)."""
     x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(max_value)  # (N, C, h, w), a copy
     if x.shape[1] == 3 and channels == 1:
@@ -219,7 +274,9 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, max_value: int, size: tu
         x = x.new_zeros((0, x.shape[1], *size))
     elif tuple(x.shape[-2:]) != tuple(size):
         shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)
+        x = F.interpolate(
+            x, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink
+        )
         x = x.clamp_(0.0, 1.0)
     if x.shape[1] == 1 and channels == 3:
         x = x.repeat(1, 3, 1, 1)  # (N, 3, H, W)

@@ -53,7 +53,8 @@ def read_default() -> str:
 
 
 def load_text(path: str | Path | None = None, *, val_fraction: float = VAL_FRACTION) -> TextData:
-    """The text of ``path`` (UTF-8; default: CPython's help topics), split into train and val tail."""
+    """The text of ``path`` (UTF-8; default: CPython's help topics), split into train and val
+    tail."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if path is None:

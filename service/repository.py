@@ -1,22 +1,25 @@
 """The model repository as the service sees it: cards verified, one ONNX Runtime session per graph.
 
-``models/<name>/<version>/card.json`` is read and validated, every file's SHA-256 checked, each
-graph opened and compared with the card's io, and warmed up. A version that fails any step is kept
-in the listing with its reason and never served; everything else keeps serving. The highest ready
-version of a name is its default; ``"name@version"`` pins one.
+``models/<name>/<version>/card.json`` is read and validated. A process that runs a model's graphs
+also checks every file's SHA-256, opens each graph, compares it with the card's io and warms it up;
+a process that does not checks the card and that the files exist, and takes the model's state from
+the process that runs it (:meth:`Catalog.adopt`). A version that fails any step is kept in the
+listing with its reason and never served; everything else keeps serving. The highest ready version
+of a name is its default; ``"name@version"`` pins one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from service import runtime as rt
-from service.card import CARD_FILE, Card, load_card, parse_model_ref, sha256_file
-from service.errors import BadRequest, NotFoundError
+from service.card import CARD_FILE, Card, load_card, parse_model_ref, sha256_file, version_folders
+from service.errors import BadRequest, NotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("dlzoo.catalog")
 
@@ -43,9 +46,14 @@ class Entry:
             out["reason"] = self.reason
         if self.card is not None:
             c = self.card
-            out.update(task=c.task, architecture=c.architecture, dataset=c.dataset.name,
-                       created=c.created, metrics=c.metrics,
-                       inputs={role: [t.model_dump() for t in io.inputs] for role, io in c.io.items()})
+            out.update(
+                task=c.task,
+                architecture=c.architecture,
+                dataset=c.dataset.name,
+                created=c.created,
+                metrics=c.metrics,
+                inputs={role: [t.model_dump() for t in io.inputs] for role, io in c.io.items()},
+            )
             if c.preprocess is not None:
                 out["preprocess"] = c.preprocess.model_dump(mode="json")
             if c.labels is not None:
@@ -58,9 +66,9 @@ class Entry:
 
 
 class Catalog:
-    """All model versions under ``root``. With ``runtime=None`` only cards and checksums are checked
-    (for processes that preprocess but do not run graphs); with ``tasks``, sessions are opened only
-    for models of those tasks (the others are checked the same way, and have no sessions here)."""
+    """All model versions under ``root``. With ``runtime=None`` only cards are checked (for
+    processes that preprocess but do not run graphs); with ``tasks``, only models of those tasks are
+    run here (the others have their cards checked, and no sessions)."""
 
     def __init__(self, root: Path, runtime: Any | None = None, tasks: Iterable[str] | None = None):
         self.root = Path(root)
@@ -70,20 +78,16 @@ class Catalog:
         if not self.root.is_dir():
             log.error("model folder %s does not exist: no models to serve", self.root)
             return
-        for folder in self._version_folders():
+        for folder in version_folders(self.root):
             self.entries.append(self._load(folder))
         ready = [e.ref for e in self.entries if e.status == "ready"]
-        log.info("catalog %s: %d ready (%s), %d failed", self.root, len(ready), ", ".join(ready),
-                 len(self.entries) - len(ready))
-
-    def _version_folders(self) -> Iterable[Path]:
-        for name_dir in sorted(self.root.iterdir()):
-            # dot folders are exports in progress (see training/export.py), never models
-            if not name_dir.is_dir() or name_dir.name.startswith("."):
-                continue
-            for vdir in sorted(name_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
-                if vdir.is_dir() and vdir.name.isdigit():
-                    yield vdir
+        log.info(
+            "catalog %s: %d ready (%s), %d failed",
+            self.root,
+            len(ready),
+            ", ".join(ready),
+            len(self.entries) - len(ready),
+        )
 
     def _load(self, folder: Path) -> Entry:
         entry = Entry(name=folder.parent.name, version=int(folder.name), folder=folder)
@@ -97,22 +101,28 @@ class Catalog:
                 path = folder / f.path
                 if not path.is_file():
                     raise ValueError(f"{path}: file of role {role!r} is missing")
-                digest = sha256_file(path)
-                if digest != f.sha256:
-                    raise ValueError(f"{path}: checksum mismatch (card {f.sha256[:12]}…, file {digest[:12]}…)")
-            if self.runs(card.task):
+            if self.runs(card.task):  # hash what this process runs, then open it
+                for f in card.files.values():
+                    digest = sha256_file(folder / f.path)
+                    if digest != f.sha256:
+                        raise ValueError(
+                            f"{folder / f.path}: checksum mismatch "
+                            f"(card {f.sha256[:12]}…, file {digest[:12]}…)"
+                        )
                 for role, f in card.files.items():
                     session, provider = rt.open_session(folder / f.path, self.runtime)
                     problems = rt.check_io(session, card.io[role])
                     if problems:
-                        raise ValueError(f"{folder / f.path}: graph disagrees with card: {'; '.join(problems)}")
+                        raise ValueError(
+                            f"{folder / f.path}: graph disagrees with card: {'; '.join(problems)}"
+                        )
                     rt.warm_up(session, card.io[role])
                     entry.sessions[role] = session
                     entry.provider = provider
             entry.status = "ready"
         except rt.DeviceUnavailable:
             raise  # a GPU that was asked for and not obtained fails start-up loudly
-        except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+        except Exception as exc:
             entry.status, entry.reason, entry.sessions = "failed", str(exc), {}
             log.error("skipping %s: %s", folder, exc)
         entry.load_seconds = round(time.perf_counter() - t0, 3)
@@ -126,10 +136,17 @@ class Catalog:
 
     def ready_names(self, tasks: Iterable[str] | None = None) -> list[str]:
         tasks = set(tasks) if tasks else None
-        return sorted({e.name for e in self.entries if e.status == "ready"
-                       and (tasks is None or e.card.task in tasks)})
+        return sorted(
+            {
+                e.name
+                for e in self.entries
+                if e.status == "ready" and (tasks is None or e.card.task in tasks)
+            }
+        )
 
-    def resolve(self, ref: str, tasks: Iterable[str] | None = None, field_name: str = "model") -> Entry:
+    def resolve(
+        self, ref: str, tasks: Iterable[str] | None = None, field_name: str = "model"
+    ) -> Entry:
         """The entry for ``name`` (highest ready version) or ``name@version``; 4xx otherwise."""
         tasks = tuple(tasks) if tasks else None
         # on every request: the list of alternatives is only built for an error message
@@ -145,20 +162,50 @@ class Catalog:
             ready = [e for e in versions if e.status == "ready"]
             if not ready:
                 reasons = "; ".join(f"{e.ref}: {e.reason}" for e in versions)
-                raise NotFoundError(f"{field_name}: {name!r} has no version that loaded ({reasons})")
+                raise NotFoundError(
+                    f"{field_name}: {name!r} has no version that loaded ({reasons})"
+                )
             entry = max(ready, key=lambda e: e.version)
         else:
             match = [e for e in versions if e.version == version]
             if not match:
                 have = ", ".join(str(e.version) for e in versions)
-                raise NotFoundError(f"{field_name}: {name!r} has no version {version}; versions: {have}")
+                raise NotFoundError(
+                    f"{field_name}: {name!r} has no version {version}; versions: {have}"
+                )
             entry = match[0]
             if entry.status != "ready":
                 raise NotFoundError(f"{field_name}: {entry.ref} failed to load: {entry.reason}")
         if tasks and entry.card.task not in tasks:
-            raise BadRequest(f"{field_name}: {entry.name!r} is a {entry.card.task} model; this endpoint "
-                             f"takes {' or '.join(tasks)} models: {available()}")
+            raise BadRequest(
+                f"{field_name}: {entry.name!r} is a {entry.card.task} model; this endpoint "
+                f"takes {' or '.join(tasks)} models: {available()}"
+            )
         return entry
+
+    def loaded(self, ref: str) -> Entry:
+        """The entry ``name@version`` another process resolved, with its graphs open here.
+
+        The caller chose the version (from a listing that agrees with this process's states), so
+        no version policy and no task check here; a version that failed here is a 404."""
+        entry = next((e for e in self.entries if e.ref == ref), None)
+        if entry is None:
+            raise NotFoundError(f"model: no version {ref} in this process's repository")
+        if entry.status != "ready":
+            raise NotFoundError(f"model: {entry.ref} failed to load: {entry.reason}")
+        if not entry.sessions:
+            raise ServiceUnavailableError(f"model: {ref} is not loaded in this process")
+        return entry
+
+    def adopt(self, listing: list[dict[str, Any]]) -> None:
+        """Take the state of each model this process does not run from ``listing`` (the summary of
+        the process that runs it): resolving here then never picks a version that failed there."""
+        states = {(m["name"], m["version"]): m for m in listing}
+        for e in self.entries:
+            theirs = states.get((e.name, e.version))
+            if e.status == "ready" and not self.runs(e.card.task) and theirs is not None:
+                e.status, e.reason = theirs["status"], theirs.get("reason")
+                e.provider = theirs.get("provider")
 
     def summary(self) -> list[dict[str, Any]]:
         return [e.summary() for e in self.entries]

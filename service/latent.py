@@ -1,36 +1,30 @@
 """Sampling, reconstruction and interpolation for VAE and GAN cards: plain numpy, no HTTP.
 
-Every function takes a catalog :class:`~service.catalog.Entry` whose sessions are open and reads
-what it needs from the card: the graph that turns a latent vector into an image is the ``decoder``
-(task ``vae``) or the ``generator`` (task ``gan``), the roles ``service.card.REQUIRED_ROLES`` fixes;
-input and output names come from ``card.io[role]``, the latent size from ``card.latent_dim``. The
-VAE's ``encoder`` outputs are, in the card's order, the posterior mean and log-variance.
+Every function takes a repository :class:`~service.repository.Entry` whose sessions are open and
+reads what it needs from the card: the graph that turns a latent vector into an image is the
+``decoder`` (task ``vae``) or the ``generator`` (task ``gan``), the roles
+``service.card.REQUIRED_ROLES`` fixes; input and output names come from ``card.io[role]``, the
+latent size from ``card.latent_dim``. The VAE's ``encoder`` outputs are, in the card's order, the
+posterior mean and log-variance.
 
-Latent vectors come from a seed: ``np.random.default_rng(seed).standard_normal((count, latent_dim))``
-in float32, the standard normal prior both models were trained with. The generator fills rows in
-order, so the first row for a seed is the same whatever ``count``: ``/interpolate`` from a seed
-starts at the first tile ``/sample`` shows for it. Same seed, same latents, same images, same PNG.
-
+Latent vectors come from a seed: ``np.random.default_rng(seed).standard_normal((count,
+latent_dim))`` in float32, the standard normal prior both models were trained with. The generator
+fills rows in order, so the first row for a seed is the same whatever ``count``: ``/interpolate``
+from a seed starts at the first tile ``/sample`` shows for it. Same seed, same latents, same images,
+same PNG.
 A request is one ONNX call per graph it needs, whatever ``count`` or ``steps``.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from service.imaging import images_to_png
-
-# Request limits, shared by the endpoints (validation) and the tests.
-MAX_COUNT = 64
-MAX_STEPS = 32
-MAX_SCALE = 8
-MAX_COLUMNS = 64
-SEED_LIMIT = 2**32  # seeds are 0 <= seed < SEED_LIMIT (a JSON number any client keeps exactly)
+from service.schemas import draw_seed
 
 GENERATIVE_TASKS = ("vae", "gan")
 DECODER_ROLE = {"vae": "decoder", "gan": "generator"}  # latent -> image, per task
@@ -48,10 +42,6 @@ class Images:
 
 
 # --- latents -----------------------------------------------------------------------------------
-
-def draw_seed() -> int:
-    """A fresh seed for a request that gave none (returned to the client so it can repeat it)."""
-    return secrets.randbelow(SEED_LIMIT)
 
 
 def latents(count: int, latent_dim: int, seed: int) -> np.ndarray:
@@ -94,11 +84,14 @@ INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 # --- graphs ------------------------------------------------------------------------------------
 
+
 def decode(entry, z: np.ndarray) -> np.ndarray:
     """Latents (N, latent_dim) -> images (N, C, H, W) float32 in [0, 1]: one ONNX call."""
     role = DECODER_ROLE[entry.card.task]
     io = entry.card.io[role]
-    out = entry.sessions[role].run([io.outputs[0].name], {io.inputs[0].name: np.ascontiguousarray(z, np.float32)})[0]
+    out = entry.sessions[role].run(
+        [io.outputs[0].name], {io.inputs[0].name: np.ascontiguousarray(z, np.float32)}
+    )[0]
     return _unit_range(out)
 
 
@@ -122,21 +115,30 @@ def reconstruct(entry, pixels: np.ndarray) -> Images:
     """
     x = np.ascontiguousarray(pixels, np.float32)
     io = entry.card.io["encoder"]
-    mean, logvar = entry.sessions["encoder"].run([o.name for o in io.outputs[:2]], {io.inputs[0].name: x})
+    mean, logvar = entry.sessions["encoder"].run(
+        [o.name for o in io.outputs[:2]], {io.inputs[0].name: x}
+    )
     recon = decode(entry, mean)
     mse = ((recon - x) ** 2).reshape(len(x), -1).mean(axis=1)
-    return Images(recon, mean.astype(np.float32), extra={"mean": mean, "logvar": logvar, "mse": mse})
+    return Images(
+        recon, mean.astype(np.float32), extra={"mean": mean, "logvar": logvar, "mse": mse}
+    )
 
 
-def interpolate(entry, seed_from: int, seed_to: int, steps: int, method: Method = "slerp") -> Images:
+def interpolate(
+    entry, seed_from: int, seed_to: int, steps: int, method: Method = "slerp"
+) -> Images:
     """``steps`` images on the path between the first latents of two seeds: one decoder call."""
     dim = entry.card.latent_dim
     a, b = latents(1, dim, seed_from)[0], latents(1, dim, seed_to)[0]
-    path = INTERPOLATIONS[method](a, b, np.linspace(0.0, 1.0, steps)).astype(np.float32)  # (steps, D)
+    path = INTERPOLATIONS[method](a, b, np.linspace(0.0, 1.0, steps)).astype(
+        np.float32
+    )  # (steps, D)
     return Images(decode(entry, path), path, {"seed_from": seed_from, "seed_to": seed_to})
 
 
 # --- output ------------------------------------------------------------------------------------
+
 
 def grid_columns(count: int) -> int:
     """The default grid: as square as it gets."""
