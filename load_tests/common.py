@@ -136,7 +136,9 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A server in its own process group; ``ready_seconds`` is process start -> ready."""
+    """A server in its own process group; ``ready_seconds`` is process start -> ready. The one
+    harness of the benchmarks and the tests: ``with server:`` starts it, waits until it is ready
+    and stops it after, also on failure."""
 
     name: str
     cmd: list[str]
@@ -146,20 +148,20 @@ class Server:
     log_path: Path | None = None
     ready_seconds: float | None = None
     root: Path = ROOT  # the checkout whose code runs (another revision's worktree for A/B runs)
+    private_home: bool = False  # remove BENTOML_HOME when stopped (ours() made it)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 300.0) -> Server:
-        import httpx
-
+    def launch(self) -> Server:
+        """Start the process; :meth:`wait_ready` waits for it."""
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
         self.log_path = self.log_path or RESULTS / "logs" / f"{self.name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
         env = {**os.environ, **QUIET_THREADS, "PYTHONPATH": str(self.root), **self.env}
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.root,
@@ -168,6 +170,11 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 300.0) -> Server:
+        import httpx
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -177,15 +184,22 @@ class Server:
                 )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    self.ready_seconds = time.perf_counter() - t0
+                    self.ready_seconds = time.perf_counter() - self._t0
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError(
             f"{self.name} not ready after {timeout} s; log: {self.log_path}\n" + self.tail()
         )
+
+    def start(self, timeout: float = 300.0) -> Server:
+        self.launch()
+        try:
+            return self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def tail(self, chars: int = 3000) -> str:
         try:
@@ -202,11 +216,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        home = self.env.get("BENTOML_HOME")
+        if home:
+            # A worker BentoML's supervisor restarts while stopping can land in a process group of
+            # its own and outlive the group: find leftovers by this server's home.
+            import psutil
+
+            for leftover in psutil.process_iter():
+                try:
+                    if leftover.environ().get("BENTOML_HOME") == home:
+                        leftover.kill()
+                except psutil.Error:
+                    pass
+            if self.private_home:
+                shutil.rmtree(home, ignore_errors=True)
         if getattr(self, "_log", None) is not None:
             self._log.close()
-        home = self.env.get("BENTOML_HOME", "")
-        if "dlzoo-bench-bentoml-" in home:  # the private home ours() made
-            shutil.rmtree(home, ignore_errors=True)
 
     def __enter__(self) -> Server:
         return self.start()
@@ -219,14 +244,17 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def ours(models: Path, env: dict[str, str] | None = None, name: str = "dlzoo") -> Server:
-    """``bentoml serve service.app:DLZoo`` over ``models`` (the whole zoo), with a BentoML home of
-    its own: every ``bentoml serve`` empties its home's Prometheus folder at start, which would
-    reset the ``/metrics`` of any other server on the machine sharing it (and theirs ours)."""
+def ours(
+    models: Path, env: dict[str, str] | None = None, name: str = "dlzoo", logs: Path | None = None
+) -> Server:
+    """``bentoml serve service.app:DLZoo`` over ``models``, with a BentoML home of its own: every
+    ``bentoml serve`` empties its home's Prometheus folder at start, which would reset the
+    ``/metrics`` of any other server on the machine sharing it (and theirs ours). ``logs``: the
+    folder for its log (default load_tests/results/logs)."""
     import tempfile
 
-    home = tempfile.mkdtemp(prefix="dlzoo-bench-bentoml-")
-    return Server(
+    home = tempfile.mkdtemp(prefix="dlzoo-bentoml-", dir=logs)
+    server = Server(
         name,
         [
             bin_path("bentoml"),
@@ -238,7 +266,11 @@ def ours(models: Path, env: dict[str, str] | None = None, name: str = "dlzoo") -
             "{port}",
         ],
         env={"DLZOO_MODELS": str(models), "BENTOML_HOME": home, **(env or {})},
+        private_home=logs is None,
     )
+    if logs is not None:
+        server.log_path = Path(logs) / f"server-{server.port}.log"
+    return server
 
 
 def naive(models: Path, runs: Path, names: list[str]) -> Server:

@@ -19,12 +19,13 @@ import numpy as np
 from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import Field
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import StreamingResponse
 
-from service import imaging, latent, seq2seq, sequence
+from service import imaging, latent, pictures, seq2seq, sequence
 from service.bentoml_compat import GetAsPost, Upload, fix_media_types, install_multipart
 from service.classify import Classifier, LocalClassifier, RemoteClassifier
-from service.errors import BadRequest, Unprocessable, error_for_status, unwrap
+from service.errors import BadRequest, Unprocessable, unwrap
+from service.events import server_sent_events, whole_answer
 from service.inference import SETTINGS, Inference
 from service.metrics import STAGE_SECONDS
 from service.middleware import BodyLimit, ConnectionMaxAge
@@ -38,7 +39,7 @@ from service.schemas import (
     TranslateRequest,
     draw_seed,
 )
-from service.streams import GenerationRequest, StreamClient, server_sent_events
+from service.streams import GenerationRequest, StreamClient
 
 install_multipart()  # file fields take uploaded files only (never a URL), 400 for malformed forms
 ImageField = Annotated[
@@ -110,8 +111,7 @@ class DLZoo:
         result["timings_ms"]["preprocess"] = round(preprocess * 1e3, 3)
         return result
 
-    # --- VAE and GAN: Inference runs the graphs, the front renders. PNG answers are starlette
-    # Responses of our own bytes, which BentoML passes through (a PIL image it would re-encode).
+    # --- VAE and GAN: Inference runs the graphs, the front renders (service/pictures.py) ------
 
     @bentoml.api(route="/sample", input_spec=SampleRequest)
     async def sample(self, **request: Any) -> Image.Image:
@@ -122,9 +122,8 @@ class DLZoo:
             await self.inference.to_async.sample(model=entry.ref, count=r.count, seed=r.seed)
         )
         if r.format == "json":
-            arrays = {"images": latent.to_lists(out["images"]), "latents": out["latents"].tolist()}
-            return JSONResponse({**_meta(out), "seed": out["seeds"]["seed"], **arrays})
-        return await _png(out, r.columns, r.scale)
+            return pictures.arrays(out, seed=out["seeds"]["seed"])
+        return await pictures.png(out, r.columns, r.scale)
 
     @bentoml.api(route="/reconstruct")
     async def reconstruct(
@@ -149,19 +148,9 @@ class DLZoo:
             await self.inference.to_async.reconstruct(model=entry.ref, pixels=pixels[None])
         )
         if format == "json":
-            extra = out["extra"]
-            return JSONResponse(
-                {
-                    **_meta(out),
-                    "mean": extra["mean"][0].tolist(),
-                    "logvar": extra["logvar"][0].tolist(),
-                    "reconstruction_error": {"mse": float(extra["mse"][0])},
-                    "input": latent.to_lists(pixels[None])[0],
-                    "reconstruction": latent.to_lists(out["images"])[0],
-                }
-            )
+            return pictures.reconstruction(out, pixels)
         out["images"] = np.concatenate([pixels[None], out["images"]])  # input, reconstruction
-        return await _png(out, 2, scale)
+        return await pictures.png(out, 2, scale)
 
     @bentoml.api(route="/interpolate", input_spec=InterpolateRequest)
     async def interpolate(self, **request: Any) -> Image.Image:
@@ -178,30 +167,15 @@ class DLZoo:
             )
         )
         if r.format == "json":
-            arrays = {"images": latent.to_lists(out["images"]), "latents": out["latents"].tolist()}
-            return JSONResponse({**_meta(out), **out["seeds"], "method": r.method, **arrays})
-        return await _png(out, r.steps, r.scale)
+            return pictures.arrays(out, **out["seeds"], method=r.method)
+        return await pictures.png(out, r.steps, r.scale)
 
     # --- language models and seq2seq: Inference generates (service/streams.py) -----------------
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
     async def generate(self, **request: Any) -> dict[str, Any]:
         """Continue a prompt with a character language model: {text, tokens, finish_reason, ...}."""
-        start, events, close = await self._generation(request, tokens=False)
-        try:
-            async for chunk in events:
-                for event in chunk:
-                    if event["event"] == "error":
-                        raise error_for_status(event["status"], event["detail"])
-                    if event["event"] == "done":
-                        keep = ("model", "version", "provider", "seed", "unknown_chars")
-                        done = {
-                            k: event[k] for k in ("text", "tokens", "finish_reason", "timings_ms")
-                        }
-                        return {**{k: start[k] for k in keep}, **done}
-        finally:
-            await close()
-        raise error_for_status(502, "the inference service ended the generation without an answer")
+        return await whole_answer(*await self._generation(request, tokens=False))
 
     @bentoml.api(route="/generate_stream", input_spec=GenerateRequest)
     async def generate_stream(
@@ -254,31 +228,16 @@ class DLZoo:
                 f"text: must be 1 to {limit} characters for {entry.ref} (its card's "
                 f"max_source_len), got {len(r.text)}"
             )
-        call = self.inference.to_async.translate(
-            model=entry.ref,
-            text=r.text,
-            beam_width=r.beam_width,
-            num_return=num_return,
-            max_length=r.max_length,
+        options = {"beam_width": r.beam_width, "num_return": num_return, "max_length": r.max_length}
+        return unwrap(
+            await self.inference.to_async.translate(model=entry.ref, text=r.text, **options)
         )
-        return unwrap(await call)
 
     async def _pixels(self, image: Upload, preprocess) -> np.ndarray:
         """An upload decoded safely and preprocessed with the card's recipe: (C, H, W) in [0, 1]."""
         limits = {"max_bytes": SETTINGS.max_upload_bytes, "max_pixels": SETTINGS.max_pixels}
         work = functools.partial(imaging.preprocess_upload, image.data, preprocess, **limits)
         return await anyio.to_thread.run_sync(work)
-
-
-def _meta(out: dict[str, Any]) -> dict[str, Any]:
-    return {"model": out["model"], "version": out["version"], "provider": out["provider"]}
-
-
-async def _png(out: dict[str, Any], columns: int | None, scale: int) -> Response:
-    data = await anyio.to_thread.run_sync(latent.to_png, out["images"], columns, scale)
-    headers = {f"X-{k.replace('_', '-').title()}": str(v) for k, v in out["seeds"].items()}
-    headers["X-Model"] = f"{out['model']}@{out['version']}"
-    return Response(data, media_type="image/png", headers=headers)
 
 
 fix_media_types(Inference)

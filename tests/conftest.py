@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from load_tests import common
+
 # Before torch loads anywhere in the session: spinning OpenMP threads make a test's torch and a
-# subprocess's torch on the same 2 cores run many times slower (see training/__main__.py).
+# subprocess's torch on the same 2 cores run many times slower (see training/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,95 +80,10 @@ def model_repo(tmp_path_factory) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, models: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(models.parent / f"server-{self.port}.log", "w+")
-        self.home = str(models.parent / f"bentoml-{self.port}")
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("bentoml")),
-                "serve",
-                "service.app:DLZoo",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            # A BentoML home of its own: every `bentoml serve` empties its home's Prometheus
-            # directory at start, which would reset the metrics of any other server sharing it.
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "DLZOO_MODELS": str(models),
-                "PYTHONPATH": str(ROOT),
-                "BENTOML_HOME": self.home,
-                **(env or {}),
-            },
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def __enter__(self) -> Server:
-        """``with Server(...) as srv``: started and ready inside, stopped after (also on
-        failure)."""
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # A worker BentoML's supervisor restarts while stopping (the failing-CUDA test) can land in
-        # a process group of its own and outlive the group: find leftovers by this server's home.
-        import psutil
-
-        for proc in psutil.process_iter():
-            try:
-                if proc.environ().get("BENTOML_HOME") == self.home:
-                    proc.kill()
-            except psutil.Error:
-                pass
-        self.log.close()
+def Server(models: Path, env: dict[str, str] | None = None) -> common.Server:
+    """``bentoml serve`` over ``models`` (the harness load_tests uses too), its log and BentoML
+    home beside the repository; ``with Server(...) as srv``: ready inside, stopped after."""
+    return common.ours(models, env=env, logs=models.parent)
 
 
 @pytest.fixture(scope="session")

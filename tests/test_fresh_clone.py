@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+
+from load_tests.common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parents[1]
