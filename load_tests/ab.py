@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 server = common.ours(args.models)
                 server.root = root
                 with server:
-                    sv.sweep(
-                        server, label, [args.model], pngs, (8,), 0.0, 3.0, False
-                    )  # prime the dispatcher
+                    sv.sweep(server, label, [args.model], pngs, (8,), 0.0, 3.0, False)  # warm up
                     rows[label] += sv.sweep(
                         server,
                         label,

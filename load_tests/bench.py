@@ -217,18 +217,7 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
         sec["quality"] = quality.quality_section(server.url, args.quick, args.models)
 
     measure(common.ours(args.models), "dlzoo batching on", True, extras)
-    # "Off" is DLZOO_MAX_BATCH=1. Older revisions passed it to BentoML, which refuses a batchable
-    # API with max_batch_size 1 at import, so they could not start: then measure the smallest batch
-    # BentoML allows (2) and say so.
-    before = len(sweep_rows)
     measure(common.ours(args.models, {"DLZOO_MAX_BATCH": "1"}), "dlzoo batching off", True)
-    if len(sweep_rows) == before + 1 and "did not start" in sweep_rows[-1].get("error", ""):
-        reason = sweep_rows.pop()["error"].strip().splitlines()[-1]
-        sec["serving"]["batching_off_note"] = (
-            f"DLZOO_MAX_BATCH=1 did not start ({reason[:200]}); 'dlzoo max "
-            "batch 2' is the closest BentoML allows"
-        )
-        measure(common.ours(args.models, {"DLZOO_MAX_BATCH": "2"}), "dlzoo max batch 2", True)
     measure(common.naive(args.models, args.runs, names), "naive FastAPI+PyTorch", False)
     measure(
         common.litserve(args.models, names, max_batch=64, batch_timeout=0.005),
@@ -247,10 +236,9 @@ def serving(results: dict, args: argparse.Namespace, plan: Plan, save) -> None:
 
 
 def prime(server: common.Server, label: str, names: list[str], pngs, seconds: float) -> list[dict]:
-    """A few seconds at 8 clients per model before measuring, recorded but not counted: BentoML's
-    dispatcher learns its batching parameters from the first calls after start (with
-    DLZOO_MAX_LATENCY_MS=10000 it starts from ~0.67 s per item and may hold requests for seconds),
-    and every server gets the same treatment."""
+    """A few seconds at 8 clients per model before measuring, recorded but not counted: the first
+    calls after a start warm each worker's sessions and connections, and every server gets the
+    same treatment."""
     from load_tests import serving as sv
 
     rows = sv.sweep(server, label, names, pngs, (8,), 0.0, seconds, False) if seconds > 0 else []

@@ -1,6 +1,6 @@
 """The model card: the one contract between training and serving.
 
-Training writes ``models/<name>/<version>/card.json`` with :func:`Card.write_json`; the service
+Training writes ``models/<name>/<version>/card.json`` with :meth:`Card.to_json`; the service
 reads it with :func:`load_card`. This module imports neither torch nor bentoml, so both sides can
 import it. Everything the service needs to run a model is here; the service hard-codes nothing about
 any particular model.

@@ -32,9 +32,10 @@ So every class here subclasses ``BentoMLException`` with its own ``error_code``:
 the status and the message itself and the HTTP layer needs no mapping of its own. Outside the
 server (tests, training-side tools that reuse :mod:`service.imaging`) BentoML may be absent: the
 classes then derive from a stand-in with the same attributes, and nothing else changes.
-An exception raised inside a *batched* API's call is handed to every request of that batch
-(``bentoml/_internal/marshal/dispatcher.py``, ``CorkDispatcher.outbound_call``): validate and
-decode uploads before batching.
+
+Between the services, a client error travels as a :class:`Failure` answer (status and message)
+that the front raises again with :func:`unwrap`: BentoML's own client would rebuild only its own
+exception classes, and a batch must answer each of its requests on its own.
 """
 
 from __future__ import annotations
