@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from service.card import Card
-from training import pipeline, recipes
+from training import recipes
 from training.architectures.gan import ImageGenerator
 from training.architectures.recurrent import CharRNNStep
 from training.architectures.seq2seq import Seq2SeqDecoderStep, Seq2SeqEncoder
 from training.architectures.vae import VAEDecoder, VAEEncoder
 from training.loop import load_checkpoint
+from training.tasks import rebuild
+from training.tasks.classify import Normalized
 
 # task -> role -> the serving half of the rebuilt model, as the exporters wrap it
 HALVES = {
@@ -44,7 +46,7 @@ def _from_card(card: Card) -> nn.Module:
             input_size=tuple(pre.size),
             **args,
         )
-        return pipeline.Normalized(net, pre.mean, pre.std).eval()
+        return Normalized(net, pre.mean, pre.std).eval()
     return recipe.builder(**args).eval()
 
 
@@ -54,8 +56,7 @@ def whole_model(card: Card, runs: Path) -> tuple[nn.Module, str]:
     if path.is_file():
         try:
             ckpt = load_checkpoint(path)
-            model = pipeline.rebuild(ckpt) if card.task == "classify" else recipes.rebuild(ckpt)
-            return model.eval(), f"checkpoint {path}"
+            return rebuild(ckpt).eval(), f"checkpoint {path}"
         except Exception as exc:
             return _from_card(card), f"random weights ({path} did not load: {exc})"
     return _from_card(card), f"random weights (no {path})"

@@ -23,8 +23,9 @@ from service.repository import Catalog
 from service.runtime import RuntimeConfig
 from training.data import dates as dates_data
 from training.loop import load_checkpoint
-from training.recipes import rebuild
-from training.sequence import greedy_generate, greedy_translate
+from training.tasks import rebuild
+from training.tasks.language_model import greedy_generate
+from training.tasks.seq2seq import greedy_translate
 
 # a few batches beyond the dry run, so greedy text is not one repeated character
 LM_OPTIONS = {

@@ -15,20 +15,13 @@ import torch
 from PIL import Image
 
 from service.card import load_card
+from service.imaging import images_to_png
 from training import pipeline
-from training.generative import (
-    Judge,
-    discriminator_loss,
-    frechet_distance,
-    generator_loss,
-    grid_png,
-    inception_score,
-    minimax_value,
-    rebuild_gan,
-    rebuild_vae,
-    vae_loss,
-)
+from training.judge import Judge, frechet_distance, inception_score
 from training.loop import load_checkpoint
+from training.tasks import rebuild
+from training.tasks.gan import discriminator_loss, generator_loss, minimax_value
+from training.tasks.vae import vae_loss
 
 
 def _session(path) -> ort.InferenceSession:
@@ -89,7 +82,8 @@ def test_inception_score_and_frechet_distance():
 
 
 def test_grid_png_layout():
-    png = grid_png(torch.rand(12, 1, 28, 28), nrow=5, pad=2, scale=2)
+    # 2 pixels of padding at twice the size: 4 in the picture
+    png = images_to_png(torch.rand(12, 1, 28, 28).numpy(), columns=5, pad=4, scale=2)
     image = Image.open(io.BytesIO(png))
     assert image.mode == "L" and image.size == ((5 * 30 + 2) * 2, (3 * 30 + 2) * 2)
 
@@ -149,7 +143,7 @@ def test_vae_dry_run_exports_encoder_and_decoder(zoo):
     assert card.io["decoder"].inputs[0].shape == ["batch", 4]
     assert card.io["decoder"].outputs[0].shape == ["batch", 1, 28, 28]
 
-    model = rebuild_vae(load_checkpoint(runs / "vae" / "best.pt"))
+    model = rebuild(load_checkpoint(runs / "vae" / "best.pt"))
     z = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     (image,) = decoder.run(["image"], {"z": z})
     assert image.min() >= 0.0 and image.max() <= 1.0
@@ -180,7 +174,7 @@ def test_gan_dry_run_exports_a_generator(zoo):
     z = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     (image,) = generator.run(["image"], {"z": z})
     assert image.shape == (6, 1, 28, 28) and image.min() >= 0.0 and image.max() <= 1.0
-    gan = rebuild_gan(load_checkpoint(runs / "gan" / "best.pt"))
+    gan = rebuild(load_checkpoint(runs / "gan" / "best.pt"))
     with torch.inference_mode():
         want = (gan.generator(torch.from_numpy(z)) + 1) / 2
     np.testing.assert_allclose(image, want.numpy(), atol=1e-5)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from service.card import load_card, sha256_file
-from training import pipeline, recipes
+from training import pipeline, recipes, tasks
 from training.export import ExportError, Graph, check_parity, export_graph, publish
 from training.loop import TrainConfig, load_checkpoint
 
@@ -35,6 +35,15 @@ def test_registry_refuses_duplicates_and_unknown_names():
         r.name for r in recipes.zoo("quick")
     }
     assert {r.name for r in recipes.zoo("full")} == set(recipes.RECIPES)
+
+
+def test_every_task_is_a_plug_in_with_train_export_rebuild():
+    assert {r.task for r in recipes.RECIPES.values()} == set(tasks.TASKS)
+    for name in tasks.TASKS:
+        module = tasks.get(name)
+        assert all(callable(getattr(module, f, None)) for f in ("train", "export", "rebuild"))
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.get("regression")
 
 
 def test_train_config_validates():
@@ -74,7 +83,7 @@ def test_dry_run_trains_exports_with_parity_and_cards(name, tmp_path):
     x = np.random.default_rng(0).random((5, c, h, w), dtype=np.float32)
     ckpt = load_checkpoint(tmp_path / "runs" / name / "best.pt")
     with torch.inference_mode():
-        expected = pipeline.rebuild(ckpt)(torch.from_numpy(x)).numpy()
+        expected = tasks.rebuild(ckpt)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {"pixels": x})[0], expected, atol=1e-4, rtol=1e-3)
     for extra in ("card.md", "metrics.jsonl", "learning_curves.png", "confusion.png"):
         assert (folder / extra).stat().st_size > 0

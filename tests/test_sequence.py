@@ -17,15 +17,9 @@ from training import pipeline
 from training.data import dates as dates_data
 from training.data.text import UNK, load_text
 from training.loop import load_checkpoint
-from training.sequence import (
-    LanguageModeling,
-    decode_ids,
-    greedy_generate,
-    greedy_translate,
-    lm_sequences,
-    rebuild_language_model,
-    rebuild_seq2seq,
-)
+from training.tasks import rebuild
+from training.tasks.language_model import LanguageModeling, greedy_generate, lm_sequences
+from training.tasks.seq2seq import decode_ids, greedy_translate
 
 LANGUAGE_MODELS = ("rnn", "lstm", "gru")
 
@@ -176,7 +170,7 @@ def test_language_model_dry_run_exports_a_step_graph(name, language_models):
         assert (folder / extra).stat().st_size > 0
 
     ckpt = load_checkpoint(best)
-    model = rebuild_language_model(ckpt)
+    model = rebuild(ckpt)
     slots = model.layers * (2 if name == "lstm" else 1)
     io = card.io["step"]
     assert [(t.name, t.dtype, t.shape) for t in io.inputs] == [
@@ -228,7 +222,7 @@ def test_language_model_greedy_decoding_onnx_equals_torch(language_models):
             ["logits", "next_state"], {"tokens": np.array([token]), "state": state}
         )
 
-    expected = greedy_generate(rebuild_language_model(load_checkpoint(best)), prompt, 50)
+    expected = greedy_generate(rebuild(load_checkpoint(best)), prompt, 50)
     assert generated == expected
     assert len(set(generated)) >= 3, "the trained model should not repeat one character"
 
@@ -316,7 +310,7 @@ def test_seq2seq_greedy_decoding_onnx_equals_torch(seq2seq_model):
     folder, best = seq2seq_model
     card = load_card(folder / "card.json")
     ckpt = load_checkpoint(best)
-    model = rebuild_seq2seq(ckpt)
+    model = rebuild(ckpt)
     encoder = _session(folder / card.files["encoder"].path)
     decoder = _session(folder / card.files["decoder_step"].path)
     max_len = card.training["max_target_len"]

@@ -1,10 +1,11 @@
 """Train and evaluate: optimizers, schedules, early stopping, checkpoints, progress, data
 parallelism.
 
-Nothing here knows which model it trains: an *objective* supplies the loss of a batch and the
-validation metrics; the loop does the rest. Checkpoints are plain dicts of tensors and numbers
-(loadable with ``torch.load(..., weights_only=True)``) carrying ``model_args`` and the config, so a
-model rebuilds from its checkpoint alone.
+Nothing here knows which model it trains: an *objective* supplies the validation metrics, and an
+*update* the optimisation step of a batch (by default :class:`GradientStep`: one optimizer on the
+objective's loss; the GAN brings its two players). The loop does the rest. Checkpoints are plain
+dicts of tensors and numbers (loadable with ``torch.load(..., weights_only=True)``) carrying
+``model_args`` and the config, so a model rebuilds from its checkpoint alone.
 """
 
 from __future__ import annotations
@@ -77,15 +78,50 @@ class TrainConfig:
         return cls(**values)
 
 
+def split_options(
+    values: dict[str, Any], task_defaults: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """A recipe's train dict (plus CLI options) -> (TrainConfig, the task's own options)."""
+    task = {k: values.get(k, v) for k, v in task_defaults.items()}
+    return TrainConfig.from_dict({k: v for k, v in values.items() if k not in task_defaults}), task
+
+
 class Objective(Protocol):
     """What the loop needs from a task."""
 
     metric: str  # the validation metric early stopping watches, e.g. "accuracy"
     higher_is_better: bool
 
+    # a batch's loss; only the default update (GradientStep) calls it
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
 
-    def evaluate(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> dict[str, float]: ...
+    # the metric's value may be None (nothing to judge by): the epoch then counts as the best
+    def evaluate(
+        self, model: nn.Module, data: tuple[torch.Tensor, ...]
+    ) -> dict[str, float | None]: ...
+
+
+class Update(Protocol):
+    """One optimisation step per batch, and what a checkpoint holds to resume it."""
+
+    drop_last: bool  # skip a last, short batch
+
+    # one step; ``gen`` is the loop's seeded generator, for any noise the step draws. Returns
+    # per-batch statistics (their epoch means go into the history; ``train_loss`` is required).
+    def __call__(
+        self, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+    ) -> dict[str, float]: ...
+
+    def end_epoch(self, epoch: int) -> None: ...  # e.g. step the schedules
+
+    @property
+    def lr(self) -> float: ...
+
+    # checkpoint key -> an object with state_dict() and load_state_dict() ("model" first)
+    def state(self) -> dict[str, Any]: ...
+
+    # a copy of the weights to keep if this epoch turns out the best
+    def kept(self) -> dict[str, torch.Tensor]: ...
 
 
 # --- building blocks ------------------------------------------------------------------------------
@@ -139,6 +175,57 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class GradientStep:
+    """The default update: one optimizer and schedule on the objective's loss (mixed precision on
+    CUDA, optional gradient clipping)."""
+
+    drop_last = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        net: nn.Module,
+        objective: Objective,
+        cfg: TrainConfig,
+        device: torch.device,
+    ):
+        self.model, self.net, self.objective, self.cfg = model, net, objective, cfg
+        self.device_type = device.type
+        self.opt = make_optimizer(model.parameters(), cfg)
+        self.sched = make_scheduler(self.opt, cfg)
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def __call__(self, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, enabled=self.use_amp):
+            loss = self.objective.loss(self.net, batch)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"train_loss": loss.item()}
+
+    def end_epoch(self, epoch: int) -> None:
+        self.sched.step()
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched}
+
+    def kept(self) -> dict[str, torch.Tensor]:
+        return copy_state(self.model)
+
+
 # --- distributed ------------------------------------------------------------------------------
 
 
@@ -162,6 +249,16 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def finish_distributed() -> bool:
+    """After ``fit``: tear the process group down; True on the rank that exports (rank 0)."""
+    if not dist.is_initialized():
+        return True
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rank == 0
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 
@@ -174,18 +271,26 @@ class FitResult:
     seconds: float
 
 
-def _batches(n: int, batch_size: int | str, gen: torch.Generator, dist_info: DistInfo):
+def _batches(
+    n: int, batch_size: int | str, gen: torch.Generator, dist_info: DistInfo, drop_last: bool
+):
     size = n if batch_size == "full" else int(batch_size)
     order = torch.randperm(n, generator=gen)
     order = order[dist_info.rank :: dist_info.world]  # each rank its shard, same permutation
     per_rank = max(1, size // dist_info.world) if size > 1 else 1
     # every rank must run the same number of steps, or DDP's all-reduce waits forever
     steps = math.ceil(math.ceil(n / dist_info.world) / per_rank)
+    if drop_last:  # full batches only, but at least one
+        steps = max(1, n // dist_info.world // per_rank)
     for i in range(steps):
         idx = order[i * per_rank : (i + 1) * per_rank]
         if len(idx) == 0:
             idx = order[:per_rank]
         yield idx
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def fit(
@@ -200,15 +305,20 @@ def fit(
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    update: Update | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best weights seen on the validation split.
 
     ``meta`` (model_args, recipe, data facts) is stored in every checkpoint so the model rebuilds
     from the checkpoint alone. ``run_dir/checkpoint.pt`` is written after every epoch (rank 0) and
-    ``--resume`` continues from it; ``run_dir/metrics.jsonl`` gets one line per epoch.
+    ``--resume`` continues from it; ``run_dir/metrics.jsonl`` gets one line per epoch. ``update``
+    (default: a :class:`GradientStep` on ``objective.loss``) is built on ``model``, which must
+    already be on the device then, and runs in one process.
     """
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device)
+    if update is not None and dist_info.world > 1:
+        raise ValueError("a task's own update runs in one process; launch it without torchrun")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -217,24 +327,20 @@ def fit(
     net: nn.Module = model
     if dist_info.world > 1:
         net = nn.parallel.DistributedDataParallel(model)
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    update = update or GradientStep(model, net, objective, cfg, device)
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
     start_epoch, best_epoch, best_metric, bad_epochs = 1, 0, -math.inf, 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = update.kept()
     sign = 1.0 if objective.higher_is_better else -1.0
 
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        for key, part in update.state().items():
+            part.load_state_dict(ckpt[key])
         gen.set_state(ckpt["rng"])
         history = list(ckpt["history"])
         start_epoch = ckpt["epoch"] + 1
@@ -262,8 +368,9 @@ def fit(
             break
         net.train()
         t_epoch = time.perf_counter()
-        total, count = 0.0, 0
-        batches = list(_batches(n, cfg.batch_size, gen, dist_info))
+        sums: dict[str, float] = {}
+        count = 0
+        batches = list(_batches(n, cfg.batch_size, gen, dist_info, update.drop_last))
         if cfg.max_batches is not None:
             batches = batches[: cfg.max_batches]
         bar = tqdm(
@@ -278,45 +385,37 @@ def fit(
             batch = tuple(t[idx].to(device, non_blocking=True) for t in train)
             if augment is not None:
                 batch = (augment(batch[0], aug_gen),) + batch[1:]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = objective.loss(net, batch)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            total += loss.item() * len(idx)
+            for key, value in update(batch, gen).items():
+                sums[key] = sums.get(key, 0.0) + value * len(idx)
             count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        sched.step()
+            bar.set_postfix(loss=f"{sums['train_loss'] / count:.4f}")
+        update.end_epoch(epoch)
 
         model.eval()
         with torch.inference_mode():
             val_stats = objective.evaluate(model, tuple(t.to(device) for t in val))
-        metric = sign * val_stats[objective.metric]
         row = {
             "epoch": epoch,
-            "train_loss": total / max(count, 1),
+            **{k: v / max(count, 1) for k, v in sums.items()},
             **{f"val_{k}": v for k, v in val_stats.items()},
-            "lr": opt.param_groups[0]["lr"],
+            "lr": update.lr,
             "seconds": round(time.perf_counter() - t_epoch, 3),
         }
         history.append(row)
-        if metric > best_metric:
-            best_metric, best_epoch, bad_epochs = metric, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        value = val_stats[objective.metric]
+        if value is None or sign * value > best_metric:  # nothing to judge by: the latest is kept
+            best_metric = -math.inf if value is None else sign * value
+            best_epoch, bad_epochs = epoch, 0
+            best_state = update.kept()
         else:
             bad_epochs += 1
         if dist_info.main:
+            shown = [k for k in row if k in sums or k.startswith("val_")]
             log.info(
-                "epoch %d/%d train_loss %.4f val_%s %.4f%s",
+                "epoch %d/%d %s%s",
                 epoch,
                 cfg.epochs,
-                row["train_loss"],
-                objective.metric,
-                val_stats[objective.metric],
+                " ".join(f"{k} {_shown(row[k])}" for k in shown),
                 " *" if best_epoch == epoch else "",
             )
             with open(metrics_path, "a") as f:
@@ -327,9 +426,7 @@ def fit(
                     **(meta or {}),
                     "config": asdict(cfg),
                     "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
+                    **{key: part.state_dict() for key, part in update.state().items()},
                     "rng": gen.get_state(),
                     "history": history,
                     "best_epoch": best_epoch,
@@ -349,100 +446,3 @@ def fit(
         stopped_early=stopped_early,
         seconds=time.perf_counter() - t0,
     )
-
-
-# --- after fit: shared by every task's trainer ---------------------------------------------------
-
-
-def finish_distributed() -> bool:
-    """After ``fit``: tear the process group down; True on the rank that exports (rank 0)."""
-    if not dist.is_initialized():
-        return True
-    rank = dist.get_rank()
-    dist.barrier()
-    dist.destroy_process_group()
-    return rank == 0
-
-
-def history_lines(history: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(h) + "\n" for h in history).encode()
-
-
-def save_best(
-    run_dir: Path,
-    *,
-    meta: dict[str, Any],
-    cfg: TrainConfig,
-    model: nn.Module,
-    metrics: dict[str, Any],
-    history: list,
-    data,
-    splits: dict[str, int] | None = None,
-    **extra: Any,
-) -> Path:
-    """A finished run's ``best.pt``: what an exporter needs to rebuild and describe the model (the
-    recipe's ``meta``, config, weights, metrics, history, the data set's name, source and split
-    sizes), plus the task's own ``extra`` entries. Written atomically; returns its path."""
-    best = Path(run_dir) / "best.pt"
-    save_atomic(
-        {
-            "format": CHECKPOINT_FORMAT,
-            **meta,
-            "config": asdict(cfg),
-            "model": model.state_dict(),
-            "metrics": metrics,
-            "history": history,
-            "dataset": {
-                "name": data.name,
-                "source": data.source,
-                "splits": splits or data.splits(),
-            },
-            **extra,
-        },
-        best,
-    )
-    return best
-
-
-def fit_metrics(result, model: nn.Module) -> dict[str, Any]:
-    return {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "train_seconds": round(result.seconds, 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-
-
-# --- classification ---------------------------------------------------------------------------
-
-
-class Classification:
-    """Cross-entropy (or the seed's squared error on sigmoid outputs) and accuracy."""
-
-    metric = "accuracy"
-    higher_is_better = True
-
-    def __init__(self, loss: str = "cross_entropy", num_classes: int = 10):
-        if loss not in ("cross_entropy", "mse"):
-            raise ValueError(f"loss {loss!r}: allowed cross_entropy, mse")
-        self.kind, self.num_classes = loss, num_classes
-
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        x, y = batch
-        logits = model(x)
-        if self.kind == "mse":
-            target = nn.functional.one_hot(y, self.num_classes).to(logits.dtype)
-            return 0.5 * ((torch.sigmoid(logits) - target) ** 2).sum(dim=1).mean()
-        return nn.functional.cross_entropy(logits, y)
-
-    @torch.inference_mode()
-    def predict(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        return torch.cat([model(x[i : i + batch]).float() for i in range(0, len(x), batch)])
-
-    def evaluate(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        x, y = data
-        logits = self.predict(model, x)
-        loss = nn.functional.cross_entropy(logits, y).item()
-        acc = (logits.argmax(1) == y).float().mean().item()
-        return {"loss": loss, "accuracy": acc}

@@ -56,14 +56,6 @@ def register(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def rebuild(ckpt: dict[str, Any]) -> nn.Module:
-    """The model a checkpoint describes, from the checkpoint alone: its recipe's builder called with
-    the stored ``model_args``, then the stored weights (eval mode)."""
-    model = get(ckpt["recipe"]).builder(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
 def get(name: str) -> Recipe:
     try:
         return RECIPES[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,32 @@ def learning_curves(history: Sequence[dict[str, Any]], metric: str) -> bytes:
     b.plot(epochs, [h[f"val_{metric}"] for h in history], color="tab:green")
     b.set_xlabel("epoch"), b.set_ylabel(f"validation {metric}")
     fig.suptitle("learning curves")
+    return _png(fig)
+
+
+def gan_curves(history: Sequence[dict[str, Any]]) -> bytes:
+    """The GAN's losses, V(D, G) against its equilibrium, and (when judged) the validation Fréchet
+    distance and Inception Score per epoch."""
+    epochs = [h["epoch"] for h in history]
+    judged = [h for h in history if h.get("val_fid") is not None]
+    fig, axes = plt.subplots(1, 3 if judged else 2, figsize=(13 if judged else 9, 3.2))
+    axes[0].plot(epochs, [h["d_loss"] for h in history], label="D loss (-V)")
+    axes[0].plot(epochs, [h["g_loss"] for h in history], label="G loss (-log D(G(z)))")
+    axes[0].set_xlabel("epoch"), axes[0].legend()
+    axes[1].plot(epochs, [h["value"] for h in history], label="train")
+    axes[1].plot(epochs, [h["val_value"] for h in history], label="validation digits")
+    axes[1].axhline(-2 * math.log(2), color="grey", ls=":", label="equilibrium -log 4")
+    axes[1].set_xlabel("epoch"), axes[1].set_ylabel("V(D, G)"), axes[1].legend()
+    if judged:
+        judged_epochs = [h["epoch"] for h in judged]
+        axes[2].plot(judged_epochs, [h["val_fid"] for h in judged], color="tab:green")
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("validation Fréchet distance (log)", color="tab:green")
+        twin = axes[2].twinx()
+        twin.plot(judged_epochs, [h["val_is"] for h in judged], color="tab:purple")
+        twin.set_ylabel("validation Inception Score", color="tab:purple")
+    fig.suptitle("DCGAN training")
     return _png(fig)
 
 
