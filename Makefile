@@ -44,7 +44,13 @@ models-if-missing: setup
 	  echo "models: $(DLZOO_MODELS) has models; 'make models' builds a new version"; \
 	else $(MAKE) --no-print-directory models; fi
 
-serve: models-if-missing  ## serve on http://127.0.0.1:$(PORT)
+# With no models yet the zoo trains beside the server, cheapest first, and each model serves as
+# soon as it is published (the live repository); /models lists the ones still training.
+serve: setup  ## serve on http://127.0.0.1:$(PORT); a first run trains the zoo meanwhile
+	@if ls $(DLZOO_MODELS)/*/*/card.json >/dev/null 2>&1; then :; else \
+	  mkdir -p runs && echo "serve: training the $(PROFILE) zoo beside the server (log: runs/zoo.log)"; \
+	  $(BIN)/python -m training --models $(DLZOO_MODELS) zoo --profile $(PROFILE) >runs/zoo.log 2>&1 & \
+	  trap "kill $$! 2>/dev/null" EXIT; fi; \
 	$(BIN)/bentoml serve service.app:DLZoo --host 127.0.0.1 --port $(PORT)
 
 test: setup  ## lint, then the whole suite (trains tiny models in fixtures, starts real servers)

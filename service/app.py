@@ -21,15 +21,16 @@ from PIL import Image
 from pydantic import Field
 from starlette.responses import StreamingResponse
 
-from service import imaging, latent, pictures, seq2seq, sequence
+from service import auth, imaging, latent, pictures, seq2seq, sequence
 from service.bentoml_compat import GetAsPost, Upload, fix_media_types, install_multipart
 from service.classify import Classifier, LocalClassifier, RemoteClassifier
-from service.errors import BadRequest, Unprocessable, unwrap
+from service.errors import BadRequest, NotFoundError, Unprocessable, unwrap
 from service.events import server_sent_events, whole_answer
 from service.inference import SETTINGS, Inference
+from service.live import FrontRepository
 from service.metrics import STAGE_SECONDS
 from service.middleware import BodyLimit, ConnectionMaxAge
-from service.repository import Catalog, Entry
+from service.repository import Catalog
 from service.schemas import (
     MAX_TRANSLATE_CHARS,
     GenerateRequest,
@@ -55,37 +56,40 @@ class DLZoo:
 
     def __init__(self) -> None:
         self.classifier: Classifier
+        live = {"policy": SETTINGS.version_policy, "grace": SETTINGS.drain_grace, "adopts": True}
         if SETTINGS.classifiers_in_front:
-            self.catalog = Catalog(SETTINGS.models, runtime=SETTINGS.runtime, tasks=["classify"])
+            self.catalog = Catalog(SETTINGS.models, SETTINGS.runtime, ["classify"], **live)
             max_wait = SETTINGS.max_latency_ms / 1e3
             self.classifier = LocalClassifier(self.catalog, SETTINGS.max_batch, max_wait)
         else:
-            self.catalog = Catalog(SETTINGS.models, runtime=None)  # cards only
+            self.catalog = Catalog(SETTINGS.models, None, **live)  # cards only
             self.classifier = RemoteClassifier(self.inference)
+        self.live = FrontRepository(self.catalog, self.inference, SETTINGS.poll_seconds)
         self.streams = StreamClient(self.inference, SETTINGS.channel_seconds)
-        self._adopted = False
+
+    @bentoml.on_startup
+    def _follow_repository(self) -> None:
+        self.live.start()
 
     def __is_ready__(self) -> bool:
-        return True  # /readyz also waits for the Inference service
+        return self.live.synced  # /readyz also waits for the Inference service
 
-    async def _resolve(self, ref: str, tasks: tuple[str, ...]) -> Entry:
-        """The version a request uses, as the process that runs the model sees it."""
-        if not self._adopted:  # Inference is ready once a request arrives; its states do not change
-            self.catalog.adopt(await self.inference.to_async.models())
-            self._adopted = True
-        return self.catalog.resolve(ref, tasks)
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Rescan the model repository now; answers what changed once the loads are done. Exists
+        only when DLZOO_ADMIN_TOKEN is set; needs ``Authorization: Bearer <token>``."""
+        if SETTINGS.admin_token is None:
+            raise NotFoundError("/admin/reload: not enabled (set DLZOO_ADMIN_TOKEN)")
+        if not auth.bearer_ok(ctx.request, SETTINGS.admin_token):
+            ctx.response.status_code = 401  # with a ctx parameter BentoML takes the status from it
+            ctx.response.headers.update(auth.CHALLENGE)
+            return auth.REFUSAL
+        return await self.live.reload()
 
     @bentoml.api(route="/models")
     async def models(self) -> list[dict[str, Any]]:
         """Every model version: card summary, status (and the reason if it failed), provider."""
-        mine = {
-            (e.name, e.version): e.summary()
-            for e in self.catalog.entries
-            if e.card and self.catalog.runs(e.card.task)
-        }
-        return [
-            mine.get((m["name"], m["version"]), m) for m in await self.inference.to_async.models()
-        ]
+        return await self.live.listing()
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -97,7 +101,7 @@ class DLZoo:
         ] = 5,
     ) -> dict[str, Any]:
         """Classify one uploaded image (multipart/form-data)."""
-        entry = await self._resolve(model, ("classify",))
+        entry = self.catalog.resolve(model, ("classify",))
         n = len(entry.card.labels)
         if not 1 <= top_k <= n:
             raise BadRequest(f"top_k: must be between 1 and {n} for {entry.name}, got {top_k}")
@@ -117,7 +121,7 @@ class DLZoo:
     async def sample(self, **request: Any) -> Image.Image:
         """Images from the prior: a PNG grid (seed in the X-Seed header), or JSON arrays."""
         r = SampleRequest.model_construct(**request)
-        entry = await self._resolve(r.model, latent.GENERATIVE_TASKS)
+        entry = self.catalog.resolve(r.model, latent.GENERATIVE_TASKS)
         out = unwrap(
             await self.inference.to_async.sample(model=entry.ref, count=r.count, seed=r.seed)
         )
@@ -138,7 +142,7 @@ class DLZoo:
     ) -> Image.Image:
         """A VAE's view of an upload (multipart/form-data) beside its reconstruction from the
         posterior mean."""
-        entry = await self._resolve(model, ("vae",))
+        entry = self.catalog.resolve(model, ("vae",))
         if entry.card.preprocess is None:
             raise Unprocessable(
                 f"model: {entry.ref} has no preprocess in its card, so it cannot take uploads"
@@ -156,7 +160,7 @@ class DLZoo:
     async def interpolate(self, **request: Any) -> Image.Image:
         """Decoded points on the path between two seeds' latents: a PNG strip (seeds in headers)."""
         r = InterpolateRequest.model_construct(**request)
-        entry = await self._resolve(r.model, latent.GENERATIVE_TASKS)
+        entry = self.catalog.resolve(r.model, latent.GENERATIVE_TASKS)
         seeds = {
             "seed_from": draw_seed() if r.seed_from is None else r.seed_from,
             "seed_to": draw_seed() if r.seed_to is None else r.seed_to,
@@ -196,7 +200,7 @@ class DLZoo:
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     async def _generation(self, request: dict[str, Any], tokens: bool):
-        entry = await self._resolve(request["model"], sequence.LM_TASKS)
+        entry = self.catalog.resolve(request["model"], sequence.LM_TASKS)
         vocab = len(entry.card.vocab.tokens)
         if request["top_k"] is not None and request["top_k"] > vocab:
             raise BadRequest(
@@ -215,7 +219,7 @@ class DLZoo:
         ones, ending in end-of-sequence, before cut-off ones), and the best is never worse than
         greedy's. Characters outside the vocabulary are read as unknown and listed."""
         r = TranslateRequest.model_construct(**request)
-        entry = await self._resolve(r.model, seq2seq.SEQ2SEQ_TASKS)
+        entry = self.catalog.resolve(r.model, seq2seq.SEQ2SEQ_TASKS)
         num_return = r.beam_width if r.num_return is None else r.num_return
         if num_return > r.beam_width:
             raise BadRequest(

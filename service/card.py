@@ -236,14 +236,6 @@ def versions(models_root: str | Path, name: str) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def version_folders(models_root: str | Path) -> list[Path]:
-    """Every ``<name>/<version>`` folder of a model repository, by name then version. Dot folders
-    are exports in progress (training/export.py writes one, then renames it into place)."""
-    root = Path(models_root)
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [root / name / str(v) for name in names for v in versions(root, name)]
-
-
 def parse_model_ref(ref: str) -> tuple[str, int | None]:
     """``"lenet5"`` -> ("lenet5", None); ``"lenet5@2"`` -> ("lenet5", 2). Raises ValueError."""
     name, sep, version = ref.strip().partition("@")
@@ -254,3 +246,14 @@ def parse_model_ref(ref: str) -> tuple[str, int | None]:
     if not version.isdigit() or int(version) < 1:
         raise ValueError(f"model version in {ref!r} must be a positive integer")
     return name, int(version)
+
+
+ZOO_FILE = ".zoo.json"  # in the repository root while a zoo run publishes models
+
+
+class ZooProgress(_Strict):
+    """What a running zoo has yet to publish, for ``/models`` (training writes it, the service
+    reads it; a dot file, so never taken for a model)."""
+
+    profile: str
+    pending: list[str]  # names not yet published, the one in training first

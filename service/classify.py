@@ -116,9 +116,16 @@ class LocalClassifier:
 
     async def classify(self, item: Item) -> dict[str, Any]:
         try:
-            return await self.batcher.submit(item)
-        except Overloaded as exc:
-            return Failure(503, f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)").answer()
+            entry = self.catalog.loaded(item["model"])
+        except (ClientError, ServiceUnavailableError) as exc:
+            return Failure.of(exc).answer()
+        with self.catalog.hold(entry):  # its version stays loaded until the answer is out
+            try:
+                return await self.batcher.submit(item)
+            except Overloaded as exc:
+                return Failure(
+                    503, f"overloaded: the request {exc} (DLZOO_MAX_LATENCY_MS)"
+                ).answer()
 
     def _run(self, items: list[Item]) -> list[dict[str, Any]]:
         results, calls = classify_items(self.catalog, items)

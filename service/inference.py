@@ -6,11 +6,14 @@ classifiers' on a GPU; ``Settings.classifiers_in_front``). The front resolves ev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, get_args
 
+import anyio
 import bentoml
 
 from service import latent, seq2seq
@@ -23,6 +26,7 @@ from service.settings import Settings
 from service.streams import GenerationRequest, StreamHub
 
 SETTINGS = Settings.from_env()
+log = logging.getLogger("dlzoo")
 
 
 @bentoml.service(
@@ -42,15 +46,43 @@ class Inference:
     def __init__(self) -> None:
         elsewhere = SETTINGS.classifiers_in_front
         tasks = set(get_args(Task)) - {"classify"} if elsewhere else None
-        self.catalog = Catalog(SETTINGS.models, runtime=SETTINGS.runtime, tasks=tasks)
+        self.catalog = Catalog(
+            SETTINGS.models,
+            runtime=SETTINGS.runtime,
+            tasks=tasks,
+            policy=SETTINGS.version_policy,
+            grace=SETTINGS.drain_grace,
+        )
         self.classifier = LocalClassifier(
             self.catalog, SETTINGS.max_batch, SETTINGS.max_latency_ms / 1e3
         )
         self.hub = StreamHub(self.catalog, SETTINGS.max_streams)
-        self.translators: dict[str, seq2seq.Translator] = {}  # model ref -> its graphs
+        self.translators: dict[Entry, seq2seq.Translator] = {}  # a version's graphs
 
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
+
+    @bentoml.on_startup
+    async def _start_polling(self) -> None:
+        if SETTINGS.poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="dlzoo-poll")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(SETTINGS.poll_seconds)
+            try:
+                await self.reload()
+            except Exception:  # one bad scan must not stop the next
+                log.exception("repository scan failed")
+
+    @bentoml.api
+    async def reload(self) -> list[str]:
+        """Scan the repository now (loads run in a thread, one at a time); what changed."""
+        changes = await anyio.to_thread.run_sync(self.catalog.scan)
+        for entry in [e for e in self.translators if not e.sessions]:
+            del self.translators[entry]  # the version was freed
+        self.hub.forget_freed()
+        return changes
 
     @bentoml.api
     async def classify(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -85,9 +117,10 @@ class Inference:
             entry = self.catalog.loaded(model)
         except (ClientError, ServiceUnavailableError) as exc:
             return Failure.of(exc).answer()
-        t0 = time.perf_counter()
-        out = work(entry)
-        seconds = time.perf_counter() - t0
+        with self.catalog.hold(entry):
+            t0 = time.perf_counter()
+            out = work(entry)
+            seconds = time.perf_counter() - t0
         INFERENCE_SECONDS.labels(model=entry.ref, provider=entry.provider).observe(seconds)
         return {
             "model": entry.name,
@@ -136,14 +169,15 @@ class Inference:
             entry = self.catalog.loaded(model)
         except (ClientError, ServiceUnavailableError) as exc:
             return Failure.of(exc).answer()
-        translator = self.translators.get(entry.ref)
+        translator = self.translators.get(entry)
         if translator is None:
-            translator = self.translators[entry.ref] = seq2seq.Translator(entry)
-        t0 = time.perf_counter()
-        out = translator.translate(
-            text, beam_width=beam_width, num_return=num_return, max_length=max_length
-        )
-        seconds = time.perf_counter() - t0
+            translator = self.translators[entry] = seq2seq.Translator(entry)
+        with self.catalog.hold(entry):
+            t0 = time.perf_counter()
+            out = translator.translate(
+                text, beam_width=beam_width, num_return=num_return, max_length=max_length
+            )
+            seconds = time.perf_counter() - t0
         INFERENCE_SECONDS.labels(model=entry.ref, provider=entry.provider).observe(seconds)
         return {
             "model": entry.name,

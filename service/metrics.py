@@ -50,6 +50,24 @@ FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
     buckets=_BUCKETS,
 )
 
+MODEL_READY = bentoml.metrics.Gauge(
+    name="dlzoo_model_ready",
+    documentation="1 while a model version serves in a process that runs it, else 0",
+    labelnames=["model", "version"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOADS = bentoml.metrics.Counter(
+    name="dlzoo_model_loads",
+    documentation="model version loads by result (ready, failed), in the processes that run them",
+    labelnames=["model", "version", "result"],
+)
+MODEL_LOAD_SECONDS = bentoml.metrics.Histogram(
+    name="dlzoo_model_load_seconds",
+    documentation="from reading a version's card to its sessions warmed up",
+    labelnames=["model"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
 
 def observe_call(ref: str, provider: str | None, items: int, seconds: float) -> None:
     """One ONNX call of ``items`` rows for model ``ref``."""

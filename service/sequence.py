@@ -261,6 +261,16 @@ class StepScheduler:
         self._wake.set()
         return True
 
+    @property
+    def idle(self) -> bool:
+        return not self.active and not self.waiting
+
+    def close(self) -> None:
+        """Stop the loop and its thread (the model's version was freed; no stream is left)."""
+        if self._task is not None:
+            self._task.cancel()
+        self._thread.shutdown(wait=False)
+
     async def events(self, stream: Stream) -> AsyncIterator[list[Event]]:
         """The stream's events, until its last, in lists: whatever has piled up since the consumer
         last asked (one event when it keeps up; more under load, so that a slow consumer pays its

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from service.bentoml_compat import cpu_quota
+from service.repository import VersionPolicy
 from service.runtime import RuntimeConfig, gpu_expected
 
 
@@ -26,6 +27,21 @@ class Variable:
 
 VARIABLES = (
     Variable("DLZOO_MODELS", "`models`", "the model repository"),
+    Variable(
+        "DLZOO_POLL_SECONDS",
+        "`2`",
+        "rescan the repository this often (`0`: only at start and on /admin/reload)",
+    ),
+    Variable(
+        "DLZOO_VERSION_POLICY",
+        "`latest:2`",
+        "versions of each model kept loaded: `latest:N` (N that verified) or `all`",
+    ),
+    Variable(
+        "DLZOO_ADMIN_TOKEN",
+        "none",
+        "enables `POST /admin/reload` with `Authorization: Bearer <token>`",
+    ),
     Variable(
         "DLZOO_DEVICE", "`auto`", "`auto`, `cpu` or `cuda` (`cuda` that ends on CPU fails start-up)"
     ),
@@ -141,6 +157,13 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 UNTRACED_PATHS = ("/classify", "/generate_stream", "/generation_channel")
 
 
+def _policy(raw: str) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(raw) if raw.strip() else VersionPolicy()
+    except ValueError as exc:
+        raise ValueError(f"DLZOO_VERSION_POLICY: {exc}") from None
+
+
 def default_front_workers() -> int:
     """One HTTP worker per core this process may use (a container's CPU quota counts), at most 4.
 
@@ -172,6 +195,9 @@ class Settings:
     untraced_paths: tuple[str, ...] = UNTRACED_PATHS
     connection_seconds: float = 2.0
     runtime: RuntimeConfig = RuntimeConfig()
+    poll_seconds: float = 2.0
+    version_policy: VersionPolicy = VersionPolicy()
+    admin_token: str | None = field(default=None, repr=False)  # never logged
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -191,6 +217,9 @@ class Settings:
             inference_workers=1,
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),
             channel_seconds=env_float(env, "DLZOO_CHANNEL_SECONDS", 600.0, minimum=0.1),
+            poll_seconds=env_float(env, "DLZOO_POLL_SECONDS", 2.0, minimum=0.0),
+            version_policy=_policy(env.get("DLZOO_VERSION_POLICY", "")),
+            admin_token=env.get("DLZOO_ADMIN_TOKEN") or None,
             untraced_paths=tuple(
                 p.strip()
                 for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS)).split(",")
@@ -210,6 +239,12 @@ class Settings:
             return {}
         # OpenTelemetry searches these regular expressions in the request's URL without its query
         return {"tracing": {"excluded_urls": [re.escape(p) + "$" for p in self.untraced_paths]}}
+
+    @property
+    def drain_grace(self) -> float:
+        """How long a leaving version stays loaded after its last use: two polls, so that every
+        process that resolves versions has seen it leave before it goes."""
+        return 2 * self.poll_seconds + 1.0
 
     @property
     def classifiers_in_front(self) -> bool:

@@ -18,6 +18,7 @@ it, and BentoML's client would spread calls over several (Settings refuses more)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -38,7 +39,7 @@ from service.metrics import (
     GEN_TOKENS,
     observe_call,
 )
-from service.repository import Catalog
+from service.repository import Catalog, Entry
 from service.sampling import Sampling
 
 log = logging.getLogger("dlzoo.streams")
@@ -129,8 +130,9 @@ class StreamHub:
     def __init__(self, catalog: Catalog, max_streams: int) -> None:
         self.catalog = catalog
         self.max_streams = max_streams
-        self.schedulers: dict[str, sequence.StepScheduler] = {}  # model ref -> its loop
+        self.schedulers: dict[Entry, sequence.StepScheduler] = {}  # a version's loop
         self.streams: dict[str, tuple[sequence.StepScheduler, sequence.Stream]] = {}
+        self.holds: dict[str, contextlib.AbstractContextManager] = {}  # stream id -> its version
         self.channels: dict[str, Channel] = {}
         self.quiet: set[str] = set()  # streams that only want their end
 
@@ -168,9 +170,9 @@ class StreamHub:
             entry = self.catalog.loaded(request.model)
         except (ClientError, ServiceUnavailableError) as exc:
             return Failure.of(exc).answer()
-        scheduler = self.schedulers.get(entry.ref)
+        scheduler = self.schedulers.get(entry)
         if scheduler is None:
-            scheduler = self.schedulers[entry.ref] = sequence.StepScheduler(
+            scheduler = self.schedulers[entry] = sequence.StepScheduler(
                 sequence.LanguageModel(entry), max_active=self.max_streams, on_step=self._observe
             )
         stream = scheduler.model.stream(
@@ -181,6 +183,8 @@ class StreamHub:
             sampling=Sampling(request.temperature, request.top_k, request.top_p),
         )
         stream.id, stream.sink = stream_id, channel
+        self.holds[stream.id] = hold = self.catalog.hold(entry)  # a stream ends on its version
+        hold.__enter__()
         channel.streams[stream.id] = stream
         self.streams[stream.id] = (scheduler, stream)
         if not request.tokens:
@@ -197,6 +201,13 @@ class StreamHub:
             "prompt_tokens": len(stream.prompt),
             "unknown_chars": stream.unknown_chars,
         }
+
+    def forget_freed(self) -> None:
+        """Close the loops of versions whose sessions were freed (their last stream has ended)."""
+        for entry, scheduler in list(self.schedulers.items()):
+            if not entry.sessions and scheduler.idle:
+                scheduler.close()
+                del self.schedulers[entry]
 
     def cancel(self, stream_id: str) -> bool:
         scheduler, stream = self.streams.get(stream_id, (None, None))
@@ -229,6 +240,9 @@ class StreamHub:
     def _ended(self, stream: sequence.Stream) -> None:
         scheduler, _ = self.streams.pop(stream.id, (None, None))
         self.quiet.discard(stream.id)
+        hold = self.holds.pop(stream.id, None)
+        if hold is not None:
+            hold.__exit__(None, None, None)
         if scheduler is None:
             return  # counted already
         if not stream.done:

@@ -105,34 +105,51 @@ def test_make_serve_on_a_fresh_clone_answers_every_readme_curl(clone, tmp_path):
         log.seek(0)
         return log.read()[-6000:]
 
-    try:
+    zoo = {
+        "mlp",
+        "lenet5",
+        "alexnet",
+        "vgg16",
+        "resnet18",
+        "rnn",
+        "lstm",
+        "gru",
+        "seq2seq",
+        "vae",
+        "gan",
+    }
+    url = f"http://127.0.0.1:{port}"
+
+    def until(what: str, check) -> float:
+        """Seconds from `make serve` until ``check()`` holds (make serve must keep running)."""
         deadline = time.monotonic() + 900
         while True:
             assert proc.poll() is None, f"make serve exited with {proc.returncode}:\n{output()}"
-            assert time.monotonic() < deadline, f"not ready after 900 s:\n{output()}"
+            assert time.monotonic() < deadline, f"{what}: not after 900 s:\n{output()}"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                if check():
+                    return time.monotonic() - t0
+            except (httpx.HTTPError, ValueError):
                 pass
-            time.sleep(1)
-        print(f"make serve on a fresh clone: ready in {time.monotonic() - t0:.0f} s")
-        assert sorted(p.parent.name for p in (clone / "models").glob("*/1")) == sorted(
-            [
-                "mlp",
-                "lenet5",
-                "alexnet",
-                "vgg16",
-                "resnet18",
-                "rnn",
-                "lstm",
-                "gru",
-                "seq2seq",
-                "vae",
-                "gan",
-            ]
-        )
+            time.sleep(0.5)
 
+    def served() -> set[str]:
+        listing = httpx.get(f"{url}/models", timeout=5).json()
+        if any(m["status"] in ("training", "queued") for m in listing):
+            return set()
+        return {m["name"] for m in listing if m["status"] == "ready"}
+
+    try:
+        # the server starts at once; the zoo trains beside it and each model serves when published
+        ready = until("/readyz", lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200)
+        files = {"image": ("digit.png", (clone / "examples" / "digit.png").read_bytes())}
+        classify = until(
+            "a /classify answer",
+            lambda: httpx.post(f"{url}/classify", files=files, timeout=10).status_code == 200,
+        )
+        whole = until("the whole zoo", lambda: served() == zoo)
+        print(f"make serve: /readyz {ready:.0f} s, /classify {classify:.0f} s, zoo {whole:.0f} s")
+        assert sorted(p.parent.name for p in (clone / "models").glob("*/1")) == sorted(zoo)
         # Each README curl line as written, from the clone's root, but for the port. A wrapper
         # prints each answer's status, so loops and `-o FILE` lines are checked too.
         for command in readme_curl_commands((clone / "README.md").read_text()):

@@ -8,9 +8,11 @@ Config flows one way: CLI -> ``TrainConfig`` -> checkpoint (``model_args``, ``co
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from service.card import ZOO_FILE, ZooProgress
 from training import recipes, tasks
 from training.loop import load_checkpoint
 
@@ -65,16 +67,31 @@ def zoo(
     if only:
         chosen = [recipes.get(n) for n in only]
     built = []
-    for recipe in chosen:
-        log.info("zoo: %s (%s profile)", recipe.name, profile)
-        path = train(
-            recipe.name,
-            profile=profile,
-            models_root=models_root,
-            runs_root=runs_root,
-            progress=progress,
-        )
-        if path is not None:
-            built.append(path)
+    progress_file = Path(models_root) / ZOO_FILE  # what /models lists as still training
+    try:
+        for i, recipe in enumerate(chosen):
+            pending = [r.name for r in chosen[i:]]
+            _write_atomic(
+                progress_file, ZooProgress(profile=profile, pending=pending).model_dump_json()
+            )
+            log.info("zoo: %s (%s profile)", recipe.name, profile)
+            path = train(
+                recipe.name,
+                profile=profile,
+                models_root=models_root,
+                runs_root=runs_root,
+                progress=progress,
+            )
+            if path is not None:
+                built.append(path)
+    finally:
+        progress_file.unlink(missing_ok=True)
     log.info("zoo: built %s", ", ".join(str(p) for p in built))
     return built
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
