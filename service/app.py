@@ -249,5 +249,9 @@ fix_media_types(DLZoo)
 # Refuse oversized bodies before reading them (the form fields add a little to the file's size).
 DLZoo.add_asgi_middleware(BodyLimit, limit=SETTINGS.max_upload_bytes + 64 * 1024)
 DLZoo.add_asgi_middleware(GetAsPost, paths=("/models",))  # listing models is a read
+if SETTINGS.api_token is not None:
+    DLZoo.add_asgi_middleware(
+        auth.BearerAuth, token=SETTINGS.api_token, open_paths=SETTINGS.open_paths
+    )
 if SETTINGS.front_workers > 1:  # with one worker there is nowhere else for a connection to go
     DLZoo.add_asgi_middleware(ConnectionMaxAge, max_age=SETTINGS.connection_seconds)

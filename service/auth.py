@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 
 from starlette.requests import Request
 
@@ -16,3 +17,25 @@ def bearer_ok(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
     )
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request but those to ``open_paths`` needs the bearer token;
+    otherwise a 401 with ``WWW-Authenticate: Bearer`` (and nothing else runs)."""
+
+    def __init__(self, app, token: str, open_paths: tuple[str, ...]):
+        self.app, self.token, self.open_paths = app, token, frozenset(open_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        if bearer_ok(Request(scope), self.token):
+            return await self.app(scope, receive, send)
+        body = json.dumps(REFUSAL).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        headers += [(k.lower().encode(), v.encode()) for k, v in CHALLENGE.items()]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

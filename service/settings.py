@@ -43,6 +43,12 @@ VARIABLES = (
         "enables `POST /admin/reload` with `Authorization: Bearer <token>`",
     ),
     Variable(
+        "DLZOO_API_TOKEN",
+        "none",
+        "every request but to `DLZOO_OPEN_PATHS` needs `Authorization: Bearer <token>`",
+    ),
+    Variable("DLZOO_OPEN_PATHS", "`/livez,/readyz,/metrics`", "paths open without the API token"),
+    Variable(
         "DLZOO_DEVICE", "`auto`", "`auto`, `cpu` or `cuda` (`cuda` that ends on CPU fails start-up)"
     ),
     Variable(
@@ -155,6 +161,11 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 # The hot path and the streams: BentoML's OpenTelemetry middleware makes a span per request even
 # when nothing exports them, and per streamed chunk, i.e. per token (load_tests/FINDINGS.md).
 UNTRACED_PATHS = ("/classify", "/generate_stream", "/generation_channel")
+OPEN_PATHS = ("/livez", "/readyz", "/metrics")  # what probes and scrapers reach without a token
+
+
+def _paths(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
 def _policy(raw: str) -> VersionPolicy:
@@ -198,6 +209,8 @@ class Settings:
     poll_seconds: float = 2.0
     version_policy: VersionPolicy = VersionPolicy()
     admin_token: str | None = field(default=None, repr=False)  # never logged
+    api_token: str | None = field(default=None, repr=False)
+    open_paths: tuple[str, ...] = OPEN_PATHS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -220,11 +233,9 @@ class Settings:
             poll_seconds=env_float(env, "DLZOO_POLL_SECONDS", 2.0, minimum=0.0),
             version_policy=_policy(env.get("DLZOO_VERSION_POLICY", "")),
             admin_token=env.get("DLZOO_ADMIN_TOKEN") or None,
-            untraced_paths=tuple(
-                p.strip()
-                for p in env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS)).split(",")
-                if p.strip()
-            ),
+            api_token=env.get("DLZOO_API_TOKEN") or None,
+            open_paths=_paths(env.get("DLZOO_OPEN_PATHS", ",".join(OPEN_PATHS))),
+            untraced_paths=_paths(env.get("DLZOO_UNTRACED_PATHS", ",".join(UNTRACED_PATHS))),
             connection_seconds=env_float(env, "DLZOO_CONNECTION_SECONDS", 2.0, minimum=0.0),
             classify_in=env_choice(
                 env, "DLZOO_CLASSIFY_IN", "auto", ("auto", "front", "inference")
