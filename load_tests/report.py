@@ -699,6 +699,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
                 "",
             ]
 
+    out += soak_section(Path(results_path).parent)
     out += [
         "## Reproduce",
         "",
@@ -710,10 +711,40 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
         "python -m load_tests.report load_tests/results/<timestamp>.json   # re-render this file",
         "python -m load_tests.ab <rev-before> [<rev-after>]   # before/after row for a service "
         "change",
+        "python -m load_tests.soak_repository --cycles 50   # the live repository under churn",
         "```",
         "",
     ]
     return "\n".join(out)
+
+
+def soak_section(results: Path) -> list[str]:
+    """The latest live-repository soak (``python -m load_tests.soak_repository``), if any."""
+    runs = sorted(results.glob("*-soak-repository.json"))
+    if not runs:
+        return []
+    r = json.loads(runs[-1].read_text())
+    rows = [
+        f"| {k} | {r['rss_mb_after_first'][k]:.0f} | {r['rss_mb_after_last'][k]:.0f} | "
+        f"{r['rss_ratio'][k]:.3f} |"
+        for k in sorted(r["rss_ratio"])
+    ]
+    failures = sum(v for k, v in r["statuses"].items() if k != "200")
+    return [
+        "## Live model repository under churn",
+        "",
+        f"`python -m load_tests.soak_repository` ([{runs[-1].name}](load_tests/results/"
+        f"{runs[-1].name})): {r['cycles']} cycles of publishing lenet5@2 by rename, waiting until "
+        f"it answers, deleting it and waiting until lenet5@1 answers again, while {r['clients']} "
+        f"closed-loop clients classified: {r['requests']} requests in {r['seconds']:.0f} s, "
+        f"{failures} not 200. Resident memory of each server process after the first cycle and "
+        f"after the last (target: within 10%; met: {'yes' if r['within_10_percent'] else 'no'}):",
+        "",
+        "| process | RSS after cycle 1 (MB) | after the last (MB) | ratio |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def write(results_path: Path, report_path: Path) -> None:
