@@ -1,10 +1,9 @@
-"""The HTTP front, ``bentoml serve service.app:DLZoo``: thin endpoints (parse, resolve, call,
-return).
+"""The HTTP front, ``bentoml serve service.app:DLZoo``: thin endpoints (parse, resolve, call).
 
-The front validates requests, decodes and preprocesses uploads with the card's recipe, resolves
-each request's model to one ``name@version`` and hands it to where it runs: the classifiers in this
-process on a CPU (service/classify.py), everything else in the Inference service
-(service/inference.py). Client mistakes are 4xx whose message names the field.
+It validates requests, decodes and preprocesses uploads with the card's recipe, resolves each
+request's model to one ``name@version`` and hands it to where it runs: classifiers in this process
+on a CPU (service/classify.py), the rest in the Inference service (service/inference.py). Client
+mistakes are 4xx whose message names the field. The Open Inference Protocol is service/v2.py.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from PIL import Image
 from pydantic import Field
 from starlette.responses import StreamingResponse
 
-from service import auth, imaging, latent, pictures, seq2seq, sequence
+from service import auth, imaging, latent, pictures, seq2seq, sequence, v2
 from service.bentoml_compat import GetAsPost, Upload, fix_media_types, install_multipart
 from service.classify import Classifier, LocalClassifier, RemoteClassifier
 from service.errors import BadRequest, NotFoundError, Unprocessable, unwrap
@@ -43,11 +42,10 @@ from service.schemas import (
 from service.streams import GenerationRequest, StreamClient
 
 install_multipart()  # file fields take uploaded files only (never a URL), 400 for malformed forms
-ImageField = Annotated[
-    Upload, Field(description="the image file (PNG, JPEG, BMP, GIF, WebP, TIFF)")
-]
+ImageField = Annotated[Upload, Field(description="the image (PNG, JPEG, BMP, GIF, WebP, TIFF)")]
 
 
+@bentoml.asgi_app(v2.APP, path="/", name="v2")  # /v2/...: the Open Inference Protocol
 @bentoml.service(
     name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60}, **SETTINGS.tracing()
 )
@@ -76,8 +74,7 @@ class DLZoo:
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
-        """Rescan the model repository now; answers what changed once the loads are done. Exists
-        only when DLZOO_ADMIN_TOKEN is set; needs ``Authorization: Bearer <token>``."""
+        """Rescan the repository now; what changed. Needs DLZOO_ADMIN_TOKEN as a Bearer token."""
         if SETTINGS.admin_token is None:
             raise NotFoundError("/admin/reload: not enabled (set DLZOO_ADMIN_TOKEN)")
         if not auth.bearer_ok(ctx.request, SETTINGS.admin_token):
@@ -96,9 +93,7 @@ class DLZoo:
         self,
         image: ImageField,
         model: Annotated[str, Field(description="classifier name, or name@version")] = "lenet5",
-        top_k: Annotated[
-            int, Field(description="how many classes to return, 1..number of classes")
-        ] = 5,
+        top_k: Annotated[int, Field(description="how many classes to return (1..classes)")] = 5,
     ) -> dict[str, Any]:
         """Classify one uploaded image (multipart/form-data)."""
         entry = self.catalog.resolve(model, ("classify",))
@@ -110,8 +105,7 @@ class DLZoo:
         preprocess = time.perf_counter() - t0
         item = {"model": entry.ref, "pixels": pixels, "top_k": top_k, "sent": time.time()}
         result = unwrap(await self.classifier.classify(item))
-        labels = {"model": entry.ref, "provider": result["provider"], "stage": "preprocess"}
-        STAGE_SECONDS.labels(**labels).observe(preprocess)
+        STAGE_SECONDS.labels(entry.ref, result["provider"], "preprocess").observe(preprocess)
         result["timings_ms"]["preprocess"] = round(preprocess * 1e3, 3)
         return result
 
@@ -140,8 +134,7 @@ class DLZoo:
         ] = "png",
         scale: Scale = 1,
     ) -> Image.Image:
-        """A VAE's view of an upload (multipart/form-data) beside its reconstruction from the
-        posterior mean."""
+        """An upload as a VAE sees it, beside its reconstruction from the posterior mean."""
         entry = self.catalog.resolve(model, ("vae",))
         if entry.card.preprocess is None:
             raise Unprocessable(

@@ -14,12 +14,16 @@ the new version's source, then add it to ``CHECKED_ON`` (pyproject.toml and bent
    type alone, so it is computed once and stored where BentoML looks first (``media_type``).
 4. ``GetAsPost``: BentoML routes every API as POST; ``GET /models`` is rewritten to a POST.
 5. ``cpu_quota``: a container's CPU quota as BentoML reads it (``_internal.resource.CpuResource``).
+6. ``metric_totals``: BentoML runs ``prometheus_client`` in multiprocess mode (each process writes
+   its metrics under ``PROMETHEUS_MULTIPROC_DIR``, which it sets); /metrics adds them up with
+   ``MultiProcessCollector``, and so does this, for the V2 statistics (service/graphs.py).
 """
 
 from __future__ import annotations
 
 import json
 import typing as t
+from collections import defaultdict
 from pathlib import PurePosixPath
 
 from _bentoml_impl import serde as _serde
@@ -153,3 +157,29 @@ def cpu_quota() -> float | None:
         return float(CpuResource.from_system())
     except Exception:  # internal to BentoML: without it, the caller falls back to the affinity mask
         return None
+
+
+def metric_totals(prefix: str = "dlzoo_") -> dict[str, dict[str, float]]:
+    """The service's own metrics added up over every process of the server (item 6), per
+    ``model`` label: ``{model: {"<sample>[/<stage>]": value}}``, summed over the other labels
+    (gauges: their largest value). Outside a server: this process's."""
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    registry = prometheus_client.CollectorRegistry()
+    try:
+        multiprocess.MultiProcessCollector(registry)
+    except ValueError:  # PROMETHEUS_MULTIPROC_DIR unset: not under bentoml serve
+        registry = prometheus_client.REGISTRY
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for family in registry.collect():
+        if not family.name.startswith(prefix):
+            continue
+        for s in family.samples:
+            model = s.labels.get("model")
+            if model is None or s.name.endswith(("_bucket", "_created")):
+                continue
+            key = s.name + (f"/{s.labels['stage']}" if "stage" in s.labels else "")
+            row = totals[model]
+            row[key] = max(row[key], s.value) if family.type == "gauge" else row[key] + s.value
+    return totals

@@ -19,8 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA = "dlzoo.card/1"
 CARD_FILE = "card.json"
 
-Task = Literal["classify", "language_model", "seq2seq", "vae", "gan"]
+# ``tensor``: an imported graph served as it is, with its own tensors (no preprocessing, no labels).
+Task = Literal["classify", "language_model", "seq2seq", "vae", "gan", "tensor"]
 DType = Literal["float32", "float16", "int64", "int32", "bool"]
+# How an upload is brought to the graph's size (:class:`Preprocess`).
+Resize = Literal["frame", "crop", "stretch"]
+# What a classifier's first output holds: scores to softmax, or probabilities already.
+OutputKind = Literal["logits", "probabilities"]
+# A graph dimension with neither a fixed size nor a name (ONNX allows it): symbolic, unnamed.
+UNNAMED_DIM = "?"
 
 # The graphs each task must ship (card.files keys). The service relies on exactly these roles.
 REQUIRED_ROLES: dict[str, tuple[str, ...]] = {
@@ -29,6 +36,7 @@ REQUIRED_ROLES: dict[str, tuple[str, ...]] = {
     "seq2seq": ("encoder", "decoder_step"),
     "vae": ("encoder", "decoder"),
     "gan": ("generator",),
+    "tensor": ("model",),
 }
 
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
@@ -97,15 +105,24 @@ class Preprocess(_Strict):
     """The dataset's canonical image form, so that serving can bring any upload to it.
 
     The service turns an upload into a float32 array in [0, 1] of ``channels`` x ``size``:
-    composite alpha over ``background``, convert to ``channels``, bring the object to ``ink``
-    polarity (``light``: light object on a dark background, as in digits/MNIST), frame it as
-    ``framing`` says at ``native_size`` (the resolution the dataset was captured at), stretch the
-    contrast to [0, 1] if ``stretch_contrast``, then resize to ``size``. ``mean``/``std`` are
-    applied by the service only when ``normalization_in_graph`` is false.
+    composite alpha over ``background``, convert to ``channels`` (luma for one), then ``resize``:
+
+    - ``frame`` (the default; the zoo's own models): bring the object to ``ink`` polarity
+      (``light``: light object on a dark background, as in digits/MNIST), frame it as ``framing``
+      says at ``native_size`` (the resolution the dataset was captured at), stretch the contrast to
+      [0, 1] if ``stretch_contrast``, then resize to ``size``.
+    - ``crop`` (ImageNet's convention): scale, keeping the aspect ratio, until the picture covers
+      ``size`` x 256/224 (a square ``size``: the shorter side to 256 for 224), then cut ``size``
+      from the centre.
+    - ``stretch``: resize straight to ``size``, whatever the aspect ratio.
+
+    Resizing is bilinear, antialiased when shrinking. ``mean``/``std`` are applied by the service
+    only when ``normalization_in_graph`` is false.
     """
 
     size: tuple[int, int]  # (height, width) of the graph's input
     channels: Literal[1, 3]
+    resize: Resize = "frame"
     native_size: tuple[int, int] | None = None
     ink: Literal["light", "dark"] | None = None
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -121,7 +138,28 @@ class Preprocess(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
+        if self.resize != "frame":
+            framed = {
+                "ink": self.ink is not None,
+                "native_size": self.native_size is not None,
+                "framing": self.framing.mode != "none",
+                "stretch_contrast": self.stretch_contrast,
+            }
+            if any(framed.values()):
+                used = ", ".join(k for k, v in framed.items() if v)
+                raise ValueError(f"{used}: only for resize 'frame', not {self.resize!r}")
         return self
+
+
+class Origin(_Strict):
+    """Where an imported model came from (models trained here have none)."""
+
+    kind: Literal["onnx", "torchvision"]
+    file: str  # the imported file's name
+    sha256: str = Field(pattern=_SHA256.pattern)
+    producer: str | None = None  # ONNX: the graph's producer name and version
+    opset: int | None = None  # ONNX: the default domain's opset
+    ir_version: int | None = None
 
 
 class ImageSpec(_Strict):
@@ -172,6 +210,8 @@ class Card(_Strict):
     vocab: Vocabulary | None = None
     latent_dim: int | None = Field(default=None, ge=1)
     image: ImageSpec | None = None
+    output: OutputKind | None = None  # classifiers; None is "logits" (every card before imports)
+    origin: Origin | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -194,6 +234,10 @@ class Card(_Strict):
             out = self.io["model"].outputs[0].shape
             if isinstance(out[-1], int) and out[-1] != len(self.labels):
                 raise ValueError(f"{len(self.labels)} labels for {out[-1]} graph outputs")
+        elif self.output is not None:
+            raise ValueError("output (logits or probabilities) is for classifiers only")
+        if self.task == "tensor" and (self.preprocess is not None or self.labels is not None):
+            raise ValueError("a tensor card has no preprocess and no labels: its graph's io is all")
         if self.task in ("language_model", "seq2seq") and self.vocab is None:
             raise ValueError(f"a {self.task} card needs vocab")
         if self.task in ("vae", "gan") and (self.latent_dim is None or self.image is None):
@@ -203,6 +247,11 @@ class Card(_Strict):
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def output_kind(self) -> OutputKind:
+        """What a classifier's first output holds (cards written before ``output`` say logits)."""
+        return self.output or "logits"
 
     def to_json(self) -> str:
         return (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class Item(TypedDict):
     pixels: np.ndarray  # (C, H, W) float32 in [0, 1], preprocessed with the card's recipe
     top_k: int
     sent: float  # epoch seconds when the front handed it on
+    raw: NotRequired[bool]  # V2 (service/graphs.py): the graph's own output row, not the top-k
 
 
 class Classifier(Protocol):
@@ -50,6 +51,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _run(session: Any, name: str, x: np.ndarray, batch: int | str) -> np.ndarray:
+    """The first output for ``x``; a graph with a fixed batch size (an imported one may take
+    exactly 1) gets slices of that size, the last one padded with zeros."""
+    if isinstance(batch, str) or batch == len(x):
+        return session.run(None, {name: x})[0]
+    out = []
+    for i in range(0, len(x), batch):
+        part = x[i : i + batch]
+        if len(part) < batch:
+            part = np.concatenate([part, np.zeros((batch - len(part), *x.shape[1:]), x.dtype)])
+        out.append(session.run(None, {name: part})[0])
+    return np.concatenate(out)[: len(x)]
+
+
 def classify_items(
     catalog: Catalog, items: list[Item], now: float | None = None
 ) -> tuple[list[dict[str, Any]], list[Call]]:
@@ -68,7 +83,8 @@ def classify_items(
                 results[i] = Failure.of(exc).answer()
             continue
         spec = entry.card.io["model"].inputs[0]
-        want = tuple(spec.shape[1:])
+        # the card's size and channels: the graph's own dims, or what fits its symbolic ones
+        want = (entry.card.preprocess.channels, *entry.card.preprocess.size)
         good = []
         for i in idx:
             shape = tuple(np.shape(items[i]["pixels"]))
@@ -82,10 +98,13 @@ def classify_items(
             np.float32, copy=False
         )  # (B, C, H, W)
         t0 = time.perf_counter()
-        logits = entry.sessions["model"].run(None, {spec.name: x})[0]  # (B, classes)
+        scores = _run(entry.sessions["model"], spec.name, x, spec.shape[0])  # (B, classes)
         seconds = time.perf_counter() - t0
         calls.append(Call(entry.ref, entry.provider, len(good), seconds))
-        probs = softmax(logits.astype(np.float64))
+        raw = scores  # (B, classes) as the graph gave them, for the items that ask
+        scores = scores.astype(np.float64)
+        # an imported graph may end in a softmax already: never apply a second one
+        probs = scores if entry.card.output_kind == "probabilities" else softmax(scores)
         names = entry.card.labels
         for row, i in enumerate(good):
             top = np.argsort(-probs[row], kind="stable")[: items[i]["top_k"]]
@@ -104,6 +123,8 @@ def classify_items(
                 },
                 "batch_size": len(good),
             }
+            if items[i].get("raw"):
+                results[i]["output"] = raw[row]
     return results, calls
 
 

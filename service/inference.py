@@ -16,7 +16,7 @@ from typing import Any, get_args
 import anyio
 import bentoml
 
-from service import latent, seq2seq
+from service import graphs, latent, seq2seq
 from service.card import Task
 from service.classify import LocalClassifier
 from service.errors import ClientError, Failure, ServiceUnavailableError
@@ -92,6 +92,13 @@ class Inference:
     @bentoml.api
     def models(self) -> list[dict[str, Any]]:
         return self.catalog.summary()
+
+    @bentoml.api
+    async def run_graph(self, model: str, role: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The V2 routes' graphs that run here: graph ``role`` of ``model`` (name@version) on
+        tensors the front checked against the card (service/graphs.py); the version is held while
+        it runs, and a classifier's rows join ``classify``'s batcher."""
+        return await graphs.run(self.catalog, self.classifier, model, role, inputs)
 
     # --- VAE and GAN (service/latent.py): raw arrays; the front renders PNG or JSON -------------
 

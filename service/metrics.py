@@ -50,6 +50,13 @@ FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
     buckets=_BUCKETS,
 )
 
+LAST_INFERENCE = bentoml.metrics.Gauge(
+    name="dlzoo_last_inference_timestamp_seconds",
+    documentation="when a model version last ran an ONNX call (epoch seconds)",
+    labelnames=["model"],
+    multiprocess_mode="max",
+)
+
 MODEL_READY = bentoml.metrics.Gauge(
     name="dlzoo_model_ready",
     documentation="1 while a model version serves in a process that runs it, else 0",
@@ -73,3 +80,4 @@ def observe_call(ref: str, provider: str | None, items: int, seconds: float) -> 
     """One ONNX call of ``items`` rows for model ``ref``."""
     INFERENCE_SECONDS.labels(model=ref, provider=provider).observe(seconds)
     BATCH_SIZE.labels(model=ref, provider=provider).observe(items)
+    LAST_INFERENCE.labels(model=ref).set_to_current_time()

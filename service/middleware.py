@@ -54,7 +54,8 @@ class ConnectionMaxAge:
 
 
 class BodyLimit:
-    """ASGI middleware: a body whose Content-Length is over ``limit`` gets 413 before it is read."""
+    """ASGI middleware: a body whose Content-Length is over ``limit`` gets 413 before it is read
+    (a body without a Content-Length is left to the endpoint)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -63,14 +64,13 @@ class BodyLimit:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.limit:
-                body = json.dumps(
-                    [
-                        {
-                            "error": f"request body of {int(length)} bytes is over the limit "
-                            f"of {self.limit} bytes"
-                        }
-                    ]
-                ).encode()
+                error = {
+                    "error": f"request body of {int(length)} bytes is over the limit "
+                    f"of {self.limit} bytes"
+                }
+                # BentoML's APIs answer a list of one error, the V2 routes (v2.py) one object
+                v2 = scope["path"] == "/v2" or scope["path"].startswith("/v2/")
+                body = json.dumps(error if v2 else [error]).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -60,7 +61,7 @@ def make(clone: Path, target: str, env: dict[str, str], *variables: str, timeout
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
+def clone(tmp_path_factory) -> Iterator[Path]:
     dest = tmp_path_factory.mktemp("fresh") / "dlzoo"
     snapshot = (
         subprocess.run(
@@ -75,7 +76,24 @@ def clone(tmp_path_factory) -> Path:
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(dest)], check=True)
     subprocess.run(["git", "checkout", "--quiet", commit], cwd=dest, check=True)
     assert not (dest / "models").exists() or not any((dest / "models").glob("*/*/card.json"))
-    return dest
+    stamps = set(VENV.glob(".installed-*"))
+    yield dest
+    if set(VENV.glob(".installed-*")) != stamps:
+        # the clone's `make setup` installed this project from the clone (its pyproject.toml
+        # differed): point the shared virtualenv's editable install back at this checkout
+        subprocess.run(
+            [
+                str(VENV / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "-e",
+                str(ROOT),
+            ],
+            check=True,
+        )
 
 
 def test_readme_parses_curl_lines():

@@ -1,4 +1,4 @@
-"""``python -m training``: list, train, export, zoo.
+"""``python -m training``: list, train, export, zoo, import.
 
 python -m training list
 python -m training train lenet5 --epochs 30 --optimizer momentum --batch-size 64
@@ -6,6 +6,10 @@ python -m training train mlp --batch-size full --optimizer sgd --lr 0.5   # batc
 python -m training zoo --profile quick                                   # what `make models` runs
 torchrun --standalone --nproc_per_node 2 -m training train lenet5          # data parallel
                                                                            # (gloo on CPU)
+python -m training import onnx net.onnx --name net --labels labels.txt --size 224 224 \
+    --resize crop --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225       # any ONNX classifier
+python -m training import onnx model.onnx --name tabular --task tensor   # any graph, as it is
+python -m training import torchvision resnet50 resnet50.pth --name resnet50 --labels imagenet
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from training import pipeline, recipes
+from training import importing, pipeline, recipes
+from training.export import ExportError
 from training.loop import OPTIMIZERS, SCHEDULES
 
 
@@ -55,6 +60,59 @@ def _model_args(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _import_parsers(sub) -> None:
+    i = sub.add_parser("import", help="bring your own model: an ONNX file or a torchvision file")
+    kinds = i.add_subparsers(dest="kind", required=True)
+    o = kinds.add_parser("onnx", help="any ONNX graph: an image classifier, or tensors as they are")
+    o.add_argument("file", type=Path, help="one self-contained .onnx file")
+    o.add_argument("--name", required=True, help="the model's name in the repository")
+    o.add_argument(
+        "--task",
+        choices=["classify", "tensor"],
+        default="classify",
+        help="classify: images in, labels out (/classify); tensor: the graph's own tensors, "
+        "no preprocessing or labels (default classify)",
+    )
+    o.add_argument("--labels", type=Path, help="class names, one per line (default: indices)")
+    o.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the graph's)"
+    )
+    o.add_argument(
+        "--channels", type=int, choices=[1, 3], help="1 or 3 (default: the graph's, else 3)"
+    )
+    o.add_argument(
+        "--resize",
+        choices=["frame", "crop", "stretch"],
+        help="crop: shorter side to 256/224 of the size, then the centre (default); stretch: "
+        "straight to the size; frame: the object's box fitted as in MNIST (light ink)",
+    )
+    o.add_argument(
+        "--mean", type=float, nargs="+", help="what the graph expects after scaling pixels to "
+        "[0, 1]: M or M M M (default 0); baked into the graph",
+    )  # fmt: skip
+    o.add_argument("--std", type=float, nargs="+", help="S or S S S (default 1); baked in too")
+    o.add_argument(
+        "--output",
+        choices=["logits", "probabilities"],
+        help="what the first output holds (default logits: the service applies softmax)",
+    )
+    t = kinds.add_parser("torchvision", help="a torchvision ImageNet classifier's state dict")
+    t.add_argument("arch", help=f"one of {', '.join(importing.TORCHVISION)}")
+    t.add_argument("state_dict", type=Path, help="the .pth file (torch.load, weights_only=True)")
+    t.add_argument("--name", required=True, help="the model's name in the repository")
+    t.add_argument("--labels", help="class names, one per line, or 'imagenet' (default: indices)")
+
+
+def _run_import(args: argparse.Namespace) -> Path:
+    if args.kind == "torchvision":
+        return importing.import_torchvision(
+            args.arch, args.state_dict, args.name, args.models, labels=args.labels
+        )
+    flags = ("labels", "size", "channels", "resize", "mean", "std", "output")
+    image = importing.ImageFlags(**{f: getattr(args, f) for f in flags})
+    return importing.import_onnx(args.file, args.name, args.models, task=args.task, image=image)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     z.add_argument("--only", default=None, help="comma-separated subset")
 
+    _import_parsers(sub)
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
@@ -184,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
             ):
                 print(path)
-    except (ValueError, FileNotFoundError) as exc:
+        elif args.command == "import":
+            print(_run_import(args))
+    except (ValueError, FileNotFoundError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

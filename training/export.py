@@ -25,7 +25,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.card import CARD_FILE, Card, GraphIO, Parity, TensorSpec, sha256_file, versions
+from service.card import (
+    CARD_FILE,
+    UNNAMED_DIM,
+    Card,
+    GraphIO,
+    Parity,
+    TensorSpec,
+    sha256_file,
+    versions,
+)
 
 log = logging.getLogger("training.export")
 
@@ -59,15 +68,28 @@ class Graph:
 
 
 def graph_io(model: onnx.ModelProto) -> GraphIO:
-    def spec(v: onnx.ValueInfoProto) -> TensorSpec:
+    """Names, dtypes and shapes of a graph's inputs and outputs, as the card records them: a fixed
+    dim is its int, a named symbolic dim its name, an unnamed one ``UNNAMED_DIM``."""
+
+    def spec(v: onnx.ValueInfoProto, kind: str) -> TensorSpec:
+        if v.type.WhichOneof("value") != "tensor_type":
+            raise ExportError(f"{kind} {v.name!r} is a {v.type.WhichOneof('value')}, not a tensor")
         t = v.type.tensor_type
         if t.elem_type not in _DTYPES:
-            raise ExportError(f"{v.name}: unsupported element type {t.elem_type}")
-        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+            name, allowed = onnx.TensorProto.DataType.Name(t.elem_type), ", ".join(_DTYPES.values())
+            raise ExportError(f"{kind} {v.name!r}: element type {name} is not one of {allowed}")
+        if not t.HasField("shape"):
+            raise ExportError(f"{kind} {v.name!r} has no shape in the graph (not even a rank)")
+        shape = [
+            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or UNNAMED_DIM)
+            for d in t.shape.dim
+        ]
         return TensorSpec(name=v.name, dtype=_DTYPES[t.elem_type], shape=shape)
 
+    weights = {t.name for t in model.graph.initializer}  # listed as inputs by IR < 4 graphs
     return GraphIO(
-        inputs=[spec(v) for v in model.graph.input], outputs=[spec(v) for v in model.graph.output]
+        inputs=[spec(v, "input") for v in model.graph.input if v.name not in weights],
+        outputs=[spec(v, "output") for v in model.graph.output],
     )
 
 
@@ -177,18 +199,46 @@ def publish(
     ``card_fields`` holds everything but ``version``, ``created``, ``git_commit``, ``files``, ``io``
     and ``parity``, which this function measures. ``extras`` are copied beside the card.
     """
+
+    def export_all(folder: Path) -> dict[str, tuple[GraphIO, Parity]]:
+        out = {}
+        for role, graph in graphs.items():
+            path = folder / f"{role}.onnx"
+            io = export_graph(graph, path)
+            out[role] = (io, check_parity(graph, path))
+            log.info(
+                "%s/%s: exported, parity %.2e", card_fields["name"], role, out[role][1].max_abs_diff
+            )
+        return out
+
+    return publish_graphs(models_root, card_fields, export_all, extras, card_md)
+
+
+def publish_graphs(
+    models_root: Path,
+    card_fields: dict[str, Any],
+    write: Callable[[Path], dict[str, tuple[GraphIO, Parity]]],
+    extras: dict[str, Path | bytes] | None = None,
+    card_md: Callable[[Card], str] | None = None,
+) -> Path:
+    """The atomic part of :func:`publish`, whoever makes the graphs (an export, an import).
+
+    ``write(folder)`` writes ``<role>.onnx`` for each role into the temporary folder and returns
+    role -> (io, parity); any exception leaves nothing behind. The folder is renamed to the next
+    free ``<name>/<version>``, never over an existing one.
+    """
     models_root = Path(models_root)
     models_root.mkdir(parents=True, exist_ok=True)
     name = card_fields["name"]
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=models_root))
     try:
-        files, io, parity = {}, {}, {}
-        for role, graph in graphs.items():
-            path = tmp / f"{role}.onnx"
-            io[role] = export_graph(graph, path)
-            parity[role] = check_parity(graph, path)
-            files[role] = {"path": path.name, "sha256": sha256_file(path)}
-            log.info("%s/%s: exported, parity %.2e", name, role, parity[role].max_abs_diff)
+        measured = write(tmp)
+        files = {
+            role: {"path": f"{role}.onnx", "sha256": sha256_file(tmp / f"{role}.onnx")}
+            for role in measured
+        }
+        io = {role: m[0] for role, m in measured.items()}
+        parity = {role: m[1] for role, m in measured.items()}
         for fname, content in (extras or {}).items():
             if isinstance(content, bytes):
                 (tmp / fname).write_bytes(content)

@@ -10,9 +10,9 @@ before the first two (section 4.2).
 Layout and module names follow torchvision (``features``, ``avgpool``, ``classifier``; the first
 conv has padding 2 so a 224x224 input gives 55x55 maps, and ``avgpool`` adapts to 6x6), but the
 widths are the paper's: torchvision's single-GPU variant uses 64/192 kernels in the first two layers
-and no LRN, so torchvision's weights do not fit this model. The paper split kernels across two GPUs;
-here every layer sees all channels of the previous one (62,378,344 parameters at paper size for 1000
-classes).
+and no LRN, so torchvision's weights fit only ``variant="owt"`` (below). The paper split kernels
+across two GPUs; here every layer sees all channels of the previous one (62,378,344 parameters at
+paper size for 1000 classes).
 
 Local response normalization, the paper's equation (section 3.3)::
 
@@ -32,6 +32,12 @@ ORT 42.6 -> 36.6 ms, PyTorch 47.6 -> 43.2 ms (224x224, batch 1, one thread).
 ``W`` is a non-persistent buffer: checkpoints are the same as with torch's module (LRN has no
 weights).
 
+``variant="owt"`` is the single-GPU network of Krizhevsky, "One weird trick for parallelizing
+convolutional neural networks", arXiv:1404.5997 (2014), which torchvision's ``alexnet`` implements:
+64, 192, 384, 256, 256 kernels, no LRN, the same pools and classifier. Its module indices are
+torchvision's (``features.0/3/6/8/10``, ``classifier.1/4/6``), so a torchvision AlexNet state_dict
+loads unchanged (61,100,840 parameters for 1000 classes).
+
 ``small_input=True`` is a CIFAR-style stem for 32x32-sized images: the first conv is 3x3 stride 1
 (padding 1) and the first max pool is dropped, so a 32x32 input reaches ``avgpool`` as 7x7.
 """
@@ -45,6 +51,8 @@ from torch import nn
 
 # Paper's LRN hyper-parameters (section 3.3).
 _LRN_SIZE, _LRN_ALPHA, _LRN_BETA, _LRN_K = 5, 1e-4, 0.75, 2.0
+# Kernels of the five convs: the 2012 paper's, and the 2014 single-GPU variant's (torchvision's).
+_WIDTHS = {"paper": (96, 256, 384, 384, 256), "owt": (64, 192, 384, 256, 256)}
 
 
 class LocalResponseNorm(nn.Module):
@@ -95,6 +103,7 @@ class AlexNet(nn.Module):
         width: multiplies every conv width (96/256/384/384/256) and the FC hidden width (4096).
         small_input: 3x3 stride-1 first conv and no first max pool, for 32x32-sized images.
         dropout: dropout probability before the first two FC layers (0.5 in the paper).
+        variant: ``"paper"`` (2012: LRN, 96/256/384/384/256) or ``"owt"`` (2014, torchvision's).
     """
 
     def __init__(
@@ -105,29 +114,34 @@ class AlexNet(nn.Module):
         width: float = 1.0,
         small_input: bool = False,
         dropout: float = 0.5,
+        variant: str = "paper",
     ) -> None:
         super().__init__()
-        c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (96, 256, 384, 384, 256))
+        if variant not in _WIDTHS:
+            raise ValueError(f"AlexNet variant {variant!r}: allowed {', '.join(_WIDTHS)}")
+        c1, c2, c3, c4, c5 = (_scaled(c, width) for c in _WIDTHS[variant])
         hidden = _scaled(4096, width)
         self._check_input_size(input_size, small_input)
+        # the paper normalizes after the first two ReLUs; the 2014 variant does not
+        lrn = (lambda c: [LocalResponseNorm(c)]) if variant == "paper" else (lambda c: [])
         if small_input:
             stem: list[nn.Module] = [
                 nn.Conv2d(in_channels, c1, kernel_size=3, stride=1, padding=1),
                 nn.ReLU(),
-                LocalResponseNorm(c1),
+                *lrn(c1),
             ]
         else:
             stem = [
                 nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=2),
                 nn.ReLU(),
-                LocalResponseNorm(c1),
+                *lrn(c1),
                 nn.MaxPool2d(kernel_size=3, stride=2),
             ]
         self.features = nn.Sequential(
             *stem,
             nn.Conv2d(c1, c2, kernel_size=5, padding=2),
             nn.ReLU(),
-            LocalResponseNorm(c2),
+            *lrn(c2),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(c2, c3, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -178,6 +192,8 @@ def alexnet(
     width: float = 1.0,
     small_input: bool = False,
     dropout: float = 0.5,
+    variant: str = "paper",
 ) -> AlexNet:
-    """AlexNet (Krizhevsky et al. 2012); ``small_input=True`` for 32x32-sized images."""
-    return AlexNet(num_classes, in_channels, input_size, width, small_input, dropout)
+    """AlexNet (Krizhevsky et al. 2012); ``small_input=True`` for 32x32-sized images,
+    ``variant="owt"`` for the 2014 single-GPU network torchvision ships."""
+    return AlexNet(num_classes, in_channels, input_size, width, small_input, dropout, variant)
