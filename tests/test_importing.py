@@ -431,3 +431,31 @@ def test_every_importable_architecture_has_torchvisions_layout(arch):
     theirs = {k: tuple(v.shape) for k, v in tv.state_dict(arch, meta=True).items()}
     assert ours == theirs
     assert sum(p.numel() for p in net.parameters()) == NUM_PARAMS[arch]
+
+
+def v2_infer(client, model: str, name: str, x: np.ndarray) -> list[np.ndarray]:
+    body = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    resp = client.post(f"/v2/models/{model}/infer", json=body)
+    assert resp.status_code == 200, resp.text
+    return [np.asarray(o["data"], np.float64).reshape(o["shape"]) for o in resp.json()["outputs"]]
+
+
+def test_imported_graphs_answer_through_v2_as_the_files_do_in_onnx_runtime(client, imported):
+    """The tabular (tensor) model and the image classifier through the Open Inference Protocol,
+    each equal to running the imported file itself in ONNX Runtime."""
+    work, rng = imported["work"], np.random.default_rng(0)
+    rows = rng.uniform(0, 8, (5, 4)).astype(np.float32)  # iris-like measurements
+    iris = ort.InferenceSession(str(work / "iris.onnx"), providers=["CPUExecutionProvider"])
+    want = iris.run(None, {iris.get_inputs()[0].name: rows})
+    got = v2_infer(client, "iris", iris.get_inputs()[0].name, rows)
+    assert np.array_equal(got[0].ravel(), want[0].ravel())  # labels
+    assert np.max(np.abs(got[1] - want[1])) <= 1e-6  # probabilities
+    pixels = rng.random((1, 3, *ONNX_SIZE), dtype=np.float32)  # the service's [0, 1] contract
+    mobile = ort.InferenceSession(str(work / "mobile.onnx"), providers=["CPUExecutionProvider"])
+    normalized = (pixels - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[
+        :, None, None
+    ]
+    want = mobile.run(None, {"image": normalized.astype(np.float32)})[0]
+    got = v2_infer(client, "mobile", "image", pixels)[0]
+    assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))
