@@ -724,9 +724,10 @@ def soak_section(results: Path) -> list[str]:
     if not runs:
         return []
     r = json.loads(runs[-1].read_text())
+    late = r.get("rss_ratio_second_half", {})
     rows = [
         f"| {k} | {r['rss_mb_after_first'][k]:.0f} | {r['rss_mb_after_last'][k]:.0f} | "
-        f"{r['rss_ratio'][k]:.3f} |"
+        f"{r['rss_ratio'][k]:.3f} | {late.get(k, float('nan')):.3f} |"
         for k in sorted(r["rss_ratio"])
     ]
     failures = sum(v for k, v in r["statuses"].items() if k != "200")
@@ -740,8 +741,8 @@ def soak_section(results: Path) -> list[str]:
         f"{failures} not 200. Resident memory of each server process after the first cycle and "
         f"after the last (target: within 10%; met: {'yes' if r['within_10_percent'] else 'no'}):",
         "",
-        "| process | RSS after cycle 1 (MB) | after the last (MB) | ratio |",
-        "|---|---|---|---|",
+        "| process | RSS after cycle 1 (MB) | after the last (MB) | ratio | second half |",
+        "|---|---|---|---|---|",
         *rows,
         "",
     ]
