@@ -155,6 +155,18 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
 
 
+def test_resume_takes_the_runs_own_settings(tmp_path):
+    """`train lenet5 --epochs 30 --optimizer momentum` then `train lenet5 --resume` (the README's
+    pair): the resumed run keeps momentum, not the recipe's Adam, unless told otherwise."""
+    dirs = {"models_root": tmp_path / "m", "runs_root": tmp_path / "r"}
+    first = {"epochs": 1, "optimizer": "momentum", "lr": 0.05}
+    pipeline.train("lenet5", profile="dry-run", options=first, **dirs)
+    pipeline.train("lenet5", profile="dry-run", resume=True, options={"epochs": 2}, **dirs)
+    ckpt = load_checkpoint(tmp_path / "r" / "lenet5" / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["optimizer"] == "momentum"
+    assert ckpt["config"]["lr"] == 0.05
+
+
 def test_batch_gradient_descent_and_mse_loss_learn(tmp_path):
     # 'full' = one step per epoch over all examples; the seed's squared error on sigmoid outputs
     folder = pipeline.train(

@@ -35,6 +35,10 @@ def train(
     """Train the recipe ``name`` and publish it; returns the model folder (None on non-zero
     ranks)."""
     recipe = recipes.get(name)
+    if resume:
+        options, model_args = _resumed(
+            Path(runs_root) / name / "checkpoint.pt", options, model_args
+        )
     return tasks.get(recipe.task).train(
         recipe,
         profile=profile,
@@ -47,6 +51,17 @@ def train(
         resume=resume,
         progress=progress,
     )
+
+
+def _resumed(
+    path: Path, options: dict[str, Any] | None, model_args: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``--resume`` continues a run with its own settings: the checkpoint's training config and
+    model arguments, under whatever the command line gives again (e.g. more ``--epochs``)."""
+    if not path.exists():
+        return options, model_args
+    ckpt = load_checkpoint(path)
+    return {**ckpt["config"], **(options or {})}, {**ckpt["model_args"], **(model_args or {})}
 
 
 def export_checkpoint(path: Path, models_root: Path) -> Path:
