@@ -71,13 +71,16 @@ class Inference:
         while True:
             await asyncio.sleep(SETTINGS.poll_seconds)
             try:
-                await self.reload()
+                await self._rescan()
             except Exception:  # one bad scan must not stop the next
                 log.exception("repository scan failed")
 
     @bentoml.api
     async def reload(self) -> list[str]:
         """Scan the repository now (loads run in a thread, one at a time); what changed."""
+        return await self._rescan()
+
+    async def _rescan(self) -> list[str]:
         changes = await anyio.to_thread.run_sync(self.catalog.scan)
         for entry in [e for e in self.translators if not e.sessions]:
             del self.translators[entry]  # the version was freed

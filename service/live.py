@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
 import anyio
@@ -15,6 +17,7 @@ from service.card import ZOO_FILE, ZooProgress
 from service.repository import Catalog
 
 log = logging.getLogger("dlzoo.live")
+RECHECK_SECONDS = 30.0  # ask the Inference service for its states at least this often
 
 
 class FrontRepository:
@@ -24,6 +27,7 @@ class FrontRepository:
         self.poll_seconds = poll_seconds
         self.synced = False  # the front serves once it has the Inference service's states
         self._reloading: asyncio.Task | None = None
+        self._asked = -math.inf  # when the Inference service last said its states
 
     def start(self) -> None:
         asyncio.get_running_loop().create_task(self._follow(), name="dlzoo-follow")
@@ -39,9 +43,15 @@ class FrontRepository:
                 return
             await asyncio.sleep(self.poll_seconds if self.synced else 1.0)
 
-    async def sync(self) -> list[str]:
+    async def sync(self, force: bool = False) -> list[str]:
+        """Rescan, and ask the Inference service for its states only when they can matter: a
+        change seen here, a version still waiting for it, or ``RECHECK_SECONDS`` since it last
+        answered (each internal call costs the Inference process memory: load_tests/FINDINGS.md)."""
         changes = await anyio.to_thread.run_sync(self.catalog.scan)
-        self.catalog.adopt(await self.inference.to_async.models())
+        stale = time.monotonic() - self._asked > RECHECK_SECONDS
+        if force or changes or stale or not self.synced or self.catalog.waiting():
+            self.catalog.adopt(await self.inference.to_async.models())
+            self._asked = time.monotonic()
         self.synced = True
         return changes
 
@@ -53,7 +63,7 @@ class FrontRepository:
 
     async def _reload(self) -> dict[str, Any]:
         inference = await self.inference.to_async.reload()
-        front = await self.sync()
+        front = await self.sync(force=True)
         return {"changes": {"inference": inference, "front": front}}
 
     async def listing(self) -> list[dict[str, Any]]:

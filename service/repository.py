@@ -403,6 +403,13 @@ class Catalog:
             raise ServiceUnavailableError(f"model: {ref} is not loaded in this process")
         return entry
 
+    def waiting(self) -> bool:
+        """Whether a version this process does not run is still waiting for its runner's state."""
+        return any(
+            e.status == "loading" and e.card is not None and not self.runs(e.card.task)
+            for e in self.versions.values()
+        )
+
     def adopt(self, listing: list[dict[str, Any]]) -> None:
         """Take the state of each model this process does not run from ``listing`` (the summary of
         the process that runs it): resolving here then never picks a version it has not loaded."""
