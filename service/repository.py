@@ -326,15 +326,23 @@ class Catalog:
 
     @contextlib.contextmanager
     def hold(self, entry: Entry) -> Iterator[Entry]:
-        """Keep ``entry``'s sessions while a request or stream uses it (a draining version is freed
-        only once nobody holds it)."""
-        entry.active += 1
+        """Keep ``entry``'s sessions while a request uses it (a draining version is freed only
+        once nobody holds it); a stream, which outlives one call, uses acquire and release."""
+        self.acquire(entry)
         try:
             yield entry
         finally:
-            entry.active -= 1
-            if entry.active == 0:
-                entry.idle_since = time.monotonic()
+            self.release(entry)
+
+    @staticmethod
+    def acquire(entry: Entry) -> None:
+        entry.active += 1
+
+    @staticmethod
+    def release(entry: Entry) -> None:
+        entry.active -= 1
+        if entry.active == 0:
+            entry.idle_since = time.monotonic()
 
     def ready_names(self, tasks: Iterable[str] | None = None) -> list[str]:
         tasks = set(tasks) if tasks else None

@@ -18,7 +18,6 @@ it, and BentoML's client would spread calls over several (Settings refuses more)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -132,7 +131,7 @@ class StreamHub:
         self.max_streams = max_streams
         self.schedulers: dict[Entry, sequence.StepScheduler] = {}  # a version's loop
         self.streams: dict[str, tuple[sequence.StepScheduler, sequence.Stream]] = {}
-        self.holds: dict[str, contextlib.AbstractContextManager] = {}  # stream id -> its version
+        self.held: dict[str, Entry] = {}  # stream id -> the version it runs on, held until it ends
         self.channels: dict[str, Channel] = {}
         self.quiet: set[str] = set()  # streams that only want their end
 
@@ -183,8 +182,8 @@ class StreamHub:
             sampling=Sampling(request.temperature, request.top_k, request.top_p),
         )
         stream.id, stream.sink = stream_id, channel
-        self.holds[stream.id] = hold = self.catalog.hold(entry)  # a stream ends on its version
-        hold.__enter__()
+        self.catalog.acquire(entry)  # a stream ends on the version it began on
+        self.held[stream.id] = entry
         channel.streams[stream.id] = stream
         self.streams[stream.id] = (scheduler, stream)
         if not request.tokens:
@@ -240,9 +239,9 @@ class StreamHub:
     def _ended(self, stream: sequence.Stream) -> None:
         scheduler, _ = self.streams.pop(stream.id, (None, None))
         self.quiet.discard(stream.id)
-        hold = self.holds.pop(stream.id, None)
-        if hold is not None:
-            hold.__exit__(None, None, None)
+        held = self.held.pop(stream.id, None)
+        if held is not None:
+            self.catalog.release(held)
         if scheduler is None:
             return  # counted already
         if not stream.done:
