@@ -12,7 +12,8 @@ measured), the plots ``load_tests/results/<timestamp>-*.png``, and regenerates `
 Sections (``--sections``, default all): runtime (ORT vs PyTorch in process), ceiling (MatMul
 GFLOP/s and ResNet-50's fraction of it), serving (closed-loop sweeps: ours with batching on and
 off, the naive baseline, LitServe; the Poisson search; cold start; generation and quality through
-HTTP on our server while it is up).
+HTTP on our server while it is up), v2 (the Open Inference Protocol under Triton's perf_analyzer:
+ours against Triton through PyTriton, with /classify beside them; load_tests/v2_bench.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads anywhe
 from load_tests import common
 
 log = logging.getLogger("bench")
-SECTIONS = ("runtime", "ceiling", "serving")
+SECTIONS = ("runtime", "ceiling", "serving", "v2")
 SERVED = ("lenet5", "resnet18")
 
 
@@ -53,6 +54,8 @@ class Plan:
     wide_duration: float  # seconds measured per server for ResNet-18 at paper width (after priming)
     matmul_sizes: tuple[int, ...] = (1024, 2048, 4096)
     ceiling_passes: int = 2
+    v2_window_ms: int = 5000  # perf_analyzer's measurement window
+    v2_rounds: int = 2  # the V2 servers take turns this many times
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
@@ -71,6 +74,8 @@ class Plan:
                 wide_duration=2.5,
                 matmul_sizes=(1024, 2048),
                 ceiling_passes=1,
+                v2_window_ms=1500,
+                v2_rounds=1,
             )
         return cls(
             runtime_budget=2.0,
@@ -404,6 +409,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "serving" in chosen:
         run("serving", lambda: serving(results, args, plan, save))
+    if "v2" in chosen:
+        from load_tests import v2_bench
+
+        run(
+            "v2",
+            lambda: v2_bench.v2_section(
+                args.models,
+                [n for n in SERVED if n in common.zoo_cards(args.models)],
+                plan.v2_window_ms,
+                plan.v2_rounds,
+                plan.warmup,
+                plan.duration,
+                plan.curve_budget,
+            ),
+        )
     results["machine"]["load_average_end"] = os.getloadavg()
     save()
     log.info("results: %s (%.0f s)", path, results["elapsed_s"])
