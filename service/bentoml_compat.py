@@ -17,18 +17,29 @@ the new version's source, then add it to ``CHECKED_ON`` (pyproject.toml and bent
 6. ``metric_totals``: BentoML runs ``prometheus_client`` in multiprocess mode (each process writes
    its metrics under ``PROMETHEUS_MULTIPROC_DIR``, which it sets); /metrics adds them up with
    ``MultiProcessCollector``, and so does this, for the V2 statistics (service/graphs.py).
+8. ``install_request_timeout``: BentoML's ``TimeoutMiddleware`` (``traffic.timeout``) schedules a
+   timer per request with ``loop.call_later(timeout, ...)`` and never cancels it once the answer
+   has started, so every request's timer, its future and the context copied with it (the
+   request's OpenTelemetry span and BentoML's trace ids) stay in the event loop for
+   ``timeout`` seconds: 3,600 in the Inference service, which grew by every internal call
+   (load_tests/FINDINGS.md). ``CancellingTimeout`` is the same middleware with its timer
+   cancelled as soon as the answer starts or the request ends; it replaces the class where
+   ``BaseAppFactory.middlewares`` imports it from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import typing as t
 from collections import defaultdict
 from pathlib import PurePosixPath
 
 from _bentoml_impl import serde as _serde
+from bentoml._internal.server.http import traffic as _traffic
 from pydantic_core import PydanticCustomError, core_schema
 from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
 
 from service.errors import BadRequest
 
@@ -183,3 +194,38 @@ def metric_totals(prefix: str = "dlzoo_") -> dict[str, dict[str, float]]:
             row = totals[model]
             row[key] = max(row[key], s.value) if family.type == "gauge" else row[key] + s.value
     return totals
+
+
+class CancellingTimeout(_traffic.TimeoutMiddleware):
+    """BentoML's request timeout (a 504 if the answer has not started within ``timeout``), with
+    its timer cancelled once the answer starts or the request ends (item 8)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def started(message) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+                timer.cancel()
+            await send(message)
+
+        answer = asyncio.ensure_future(self.app(scope, receive, started))
+        try:
+            await waiter
+        except TimeoutError:
+            if answer.cancel():
+                late = f"Not able to process the request in {self.timeout} seconds"
+                await JSONResponse({"error": late}, status_code=504)(scope, receive, send)
+        else:
+            await answer
+        finally:
+            timer.cancel()
+
+
+def install_request_timeout() -> None:
+    """Every BentoML app built after this uses :class:`CancellingTimeout` (item 8)."""
+    _traffic.TimeoutMiddleware = CancellingTimeout

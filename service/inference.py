@@ -17,6 +17,7 @@ import anyio
 import bentoml
 
 from service import graphs, latent, seq2seq
+from service.bentoml_compat import install_request_timeout
 from service.card import Task
 from service.classify import LocalClassifier
 from service.errors import ClientError, Failure, ServiceUnavailableError
@@ -27,6 +28,9 @@ from service.streams import GenerationRequest, StreamHub
 
 SETTINGS = Settings.from_env()
 log = logging.getLogger("dlzoo")
+# BentoML keeps each request's timeout timer, and what it holds, until the timeout (3,600 s here):
+# cancelled once the answer starts instead (both services; service/bentoml_compat.py, item 8).
+install_request_timeout()
 
 
 @bentoml.service(
