@@ -9,7 +9,9 @@ Modes (one JSON spec on stdin, one JSON result on stdout)::
 
     closed  `concurrency` clients, each sends its next request when the last one is answered
     open    Poisson arrivals at `rate` per second whatever the server does; latency counts from
-            the scheduled send time, so a server that falls behind is charged for the queue
+            the scheduled send time, so a server that falls behind is charged for the queue.
+            `schedule` ([[rate, seconds], ...], instead of rate and duration) changes the rate
+            with no gap; `records: true` returns every request as [sent s, latency ms, status]
     stream  `concurrency` clients read Server-Sent Events: time to first event, events, total
 
 Spec fields: mode, url, path, bodies ([{"json": {...}}] or [{"fields": {...}, "file": base64 PNG}]),
@@ -168,7 +170,10 @@ async def open_loop(spec: dict) -> dict:
     dropped: the client, not the server, would be the limit)."""
     url = spec["url"] + spec["path"]
     bodies = prepare(spec["bodies"])
-    rate, warmup, duration = float(spec["rate"]), float(spec["warmup"]), float(spec["duration"])
+    warmup = float(spec["warmup"])
+    schedule = spec.get("schedule") or [[spec["rate"], spec["duration"]]]
+    schedule = [(float(r), float(s)) for r, s in schedule]
+    rate, duration = schedule[0][0], sum(s for _, s in schedule)
     cap = int(spec.get("max_in_flight", 512))
     rng = random.Random(spec.get("seed", 0))
     records: list[tuple[float, float, int]] = []
@@ -188,9 +193,16 @@ async def open_loop(spec: dict) -> dict:
             status = await _send(session, url, body, ctype)
             records.append((scheduled, time.perf_counter(), status))
 
-        t, k = t0, 0
+        # the rate in force at each moment: warm-up at the first one, then the schedule's
+        ends, at = [], t_start
+        for r, seconds in schedule:
+            at += seconds
+            ends.append((at, r))
+        t, k, phase = t0, 0, 0
         while True:
-            t += rng.expovariate(rate)
+            while phase < len(ends) - 1 and t >= ends[phase][0]:
+                phase += 1
+            t += rng.expovariate(ends[phase][1])
             if t >= t_end:
                 break
             delay = t - time.perf_counter()
@@ -209,6 +221,10 @@ async def open_loop(spec: dict) -> dict:
         # the window is charged its full latency (a late answer is a slow one, not a missing one)
         t_after = time.perf_counter()
     out = summarize(records, t_start, t_after, duration)
+    if spec.get("records"):
+        out["records"] = [
+            [round(s - t_start, 4), round((e - s) * 1e3, 3), st] for s, e, st in records
+        ]
     out.update(
         mode="open",
         rate=rate,

@@ -40,6 +40,8 @@ REQUIRED_ROLES: dict[str, tuple[str, ...]] = {
 }
 
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
+# how a request names a model: ``name`` or ``name@version`` (the OpenAPI document shows it)
+MODEL_REF_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}(@0*[1-9][0-9]*)?$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -287,7 +289,7 @@ def versions(models_root: str | Path, name: str) -> list[int]:
 
 def parse_model_ref(ref: str) -> tuple[str, int | None]:
     """``"lenet5"`` -> ("lenet5", None); ``"lenet5@2"`` -> ("lenet5", 2). Raises ValueError."""
-    name, sep, version = ref.strip().partition("@")
+    name, sep, version = ref.partition("@")
     if not re.match(NAME_PATTERN, name):
         raise ValueError(f"model name {name!r} is not a valid model name")
     if not sep:

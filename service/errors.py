@@ -1,37 +1,17 @@
 """Client errors: a mistake in a request, answered with a 4xx whose message names the problem.
 
-How BentoML 1.4 (checked on the versions in ``bentoml_compat.CHECKED_ON``) turns an exception
-raised inside an API into a response, from
-``_bentoml_impl/server/app.py`` (``ServiceAppFactory.api_endpoint_wrapper``) and
-``bentoml/exceptions.py``:
+Every class here subclasses ``BentoMLException`` with its own ``error_code`` (its HTTP status).
+BentoML's client rebuilds an exception from a status with the first class defined for it; 413 and
+415 have none of BentoML's, so ``PayloadTooLarge`` and ``UnsupportedMediaType`` become those.
+Classes keep BentoML's ``__init__(message, *, error_code=None)`` signature so that still works.
+Outside the server (training-side tools reuse :mod:`service.imaging`) BentoML may be absent: the
+classes then derive from a stand-in with the same attributes.
 
-- ``pydantic.ValidationError`` (a request that does not fit the API's signature) -> 400 with
-  ``{"error": "...", "detail": [...]}``.
-- ``bentoml.exceptions.BentoMLException`` or a subclass -> status ``exc.error_code`` (an
-  ``HTTPStatus``; a class attribute, or per instance via ``error_code=``). Below 500 the body is
-  ``[{"error": str(exc)}]``: a JSON *list* holding one object (the server builds a one-element
-  tuple). 401/403 bodies say only "Authorization error"; 5xx bodies hide the message ("An
-  unexpected error has occurred, please check the server log.").
-- Any other exception -> 500 with that same generic body.
-- Every one of these is logged by the server at ERROR level with its traceback, client errors
-  included.
-- ``BentoMLException.__init_subclass__`` records the first class defined for each ``error_code``
-  in ``BentoMLException.error_mapping``. BentoML's *client* uses that table to rebuild an exception
-  from a response's status. 400 (``InvalidArgument``), 404 (``NotFound``), 422
-  (``UnprocessableEntity``) and 503 (``ServiceUnavailable``) are already taken, so ours do not
-  replace them; 413 and 415 have no BentoML class, so ``PayloadTooLarge`` and
-  ``UnsupportedMediaType`` become the classes a BentoML client raises for those statuses.
-  Classes here keep BentoML's ``__init__(message, *, error_code=None)`` signature so that still
-  works.
-
-Checked against a running ``bentoml serve``: raising ``PayloadTooLarge``,
-``UnsupportedMediaType`` and ``BadRequest`` in an API answered 413, 415 and 400 with
-``[{"error": "<message>"}]``; ``ServiceUnavailableError`` answered 503 with the generic body.
-
-So every class here subclasses ``BentoMLException`` with its own ``error_code``: BentoML renders
-the status and the message itself and the HTTP layer needs no mapping of its own. Outside the
-server (tests, training-side tools that reuse :mod:`service.imaging`) BentoML may be absent: the
-classes then derive from a stand-in with the same attributes, and nothing else changes.
+Every error a client gets is one JSON object, ``error_body``: ``{"error": "<message>"}`` (plus
+pydantic's ``detail`` list for a body that does not fit an API's signature), a 503 with
+``Retry-After``. BentoML itself would answer a list of one object and hide every 5xx message;
+``bentoml_compat.install_error_answers`` makes its APIs answer ``error_response`` instead, and the
+middlewares and the V2 routes build the same body.
 
 Between the services, a client error travels as a :class:`Failure` answer (status and message)
 that the front raises again with :func:`unwrap`: BentoML's own client would rebuild only its own
@@ -63,6 +43,7 @@ __all__ = [
     "ClientError",
     "Failure",
     "NotFoundError",
+    "Overloaded",
     "PayloadTooLarge",
     "ServiceUnavailableError",
     "Unprocessable",
@@ -117,19 +98,34 @@ class Unprocessable(ClientError):
 
 
 class ServiceUnavailableError(_Answered):
-    """503: the model asked for exists but is not serving (it failed to load).
-
-    Not a client error. Beware: BentoML replaces the body of every 5xx with a generic message, so
-    this message reaches the server log, not the client; ``/models`` is where clients see why.
-    """
+    """503: the model asked for exists but is not serving (it failed to load), or the service is
+    overloaded. Not a client error; answered with its message and ``Retry-After``."""
 
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class Overloaded(ServiceUnavailableError):
+    """503 at once: too many requests of one model in progress (service/admission.py)."""
 
 
 _BY_STATUS = {
     int(c.error_code): c
     for c in (BadRequest, NotFoundError, PayloadTooLarge, UnsupportedMediaType, Unprocessable)
 }
+
+
+def error_body(message: str, detail: list | None = None) -> dict[str, Any]:
+    """The one error body of every endpoint: ``{"error": message}`` (``detail``: pydantic's list of
+    field errors, for a request that does not fit an API's signature)."""
+    return {"error": message} if detail is None else {"error": message, "detail": detail}
+
+
+def error_response(status: int, message: str, detail: list | None = None):
+    """An error answered as JSON; a 503 says when to try again."""
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(error_body(message, detail), status_code=status, headers=headers)
 
 
 def error_for_status(status: int, message: str) -> _Answered:

@@ -49,6 +49,12 @@ FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
     labelnames=["model"],
     buckets=_BUCKETS,
 )
+REFUSED = bentoml.metrics.Counter(
+    name="dlzoo_refused_requests",
+    documentation="requests refused at once with 503 because their model had DLZOO_MAX_QUEUE in "
+    "progress in the worker",
+    labelnames=["model"],
+)
 
 LAST_INFERENCE = bentoml.metrics.Gauge(
     name="dlzoo_last_inference_timestamp_seconds",

@@ -15,7 +15,7 @@ import json
 import time
 from collections import OrderedDict
 
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, error_body
 
 MAX_TRACKED = 10_000  # connections remembered per worker; the oldest are forgotten first
 
@@ -64,13 +64,10 @@ class BodyLimit:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.limit:
-                error = {
-                    "error": f"request body of {int(length)} bytes is over the limit "
-                    f"of {self.limit} bytes"
-                }
-                # BentoML's APIs answer a list of one error, the V2 routes (v2.py) one object
-                v2 = scope["path"] == "/v2" or scope["path"].startswith("/v2/")
-                body = json.dumps(error if v2 else [error]).encode()
+                error = error_body(
+                    f"request body of {int(length)} bytes is over the limit of {self.limit} bytes"
+                )
+                body = json.dumps(error).encode()
                 await send(
                     {
                         "type": "http.response.start",

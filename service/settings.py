@@ -60,6 +60,12 @@ VARIABLES = (
     Variable("DLZOO_MAX_PIXELS", "`40000000`", "largest image, checked before decoding (413)"),
     Variable("DLZOO_MAX_BATCH", "`64`", "classification: most items per batch (`1`: no batching)"),
     Variable(
+        "DLZOO_MAX_QUEUE",
+        "`128`",
+        "requests of one model in progress per HTTP worker; more are refused at once (503, "
+        "`Retry-After`)",
+    ),
+    Variable(
         "DLZOO_MAX_LATENCY_MS",
         "`10000`",
         "classification: a request that waited longer for its batch is refused (503)",
@@ -99,6 +105,11 @@ VARIABLES = (
         "DLZOO_CHANNEL_SECONDS",
         "`600`",
         "a front worker's generation channel takes new generations this long, then is replaced",
+    ),
+    Variable(
+        "DLZOO_DRAIN_SECONDS",
+        "`30`",
+        "on SIGTERM: how long requests in flight and token streams may take to finish",
     ),
     Variable(
         "DLZOO_CUDA_DEVICE", "`0`", "GPU: the device id, counted within `CUDA_VISIBLE_DEVICES`"
@@ -211,6 +222,8 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)  # never logged
     api_token: str | None = field(default=None, repr=False)
     open_paths: tuple[str, ...] = OPEN_PATHS
+    max_queue: int = 128
+    drain_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -226,6 +239,8 @@ class Settings:
             max_pixels=env_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
             max_batch=env_int(env, "DLZOO_MAX_BATCH", 64),
             max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
+            max_queue=env_int(env, "DLZOO_MAX_QUEUE", 128),
+            drain_seconds=env_float(env, "DLZOO_DRAIN_SECONDS", 30.0),
             front_workers=env_int(env, "DLZOO_FRONT_WORKERS", default_front_workers()),
             inference_workers=1,
             max_streams=env_int(env, "DLZOO_MAX_STREAMS", 64),

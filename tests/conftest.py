@@ -80,6 +80,20 @@ def model_repo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def zoo_repo(model_repo, tmp_path_factory) -> Path:
+    """One model of every task: vae, gan, gru, seq2seq from dry runs (~25 s on 2 cores), and the
+    session's repository copied beside them (its classifiers, broken versions included)."""
+    from training import pipeline
+
+    root = tmp_path_factory.mktemp("zoo") / "models"
+    runs = tmp_path_factory.mktemp("zoo-runs")
+    for name in ("vae", "gan", "gru", "seq2seq"):  # before lenet5 joins: nothing judges samples
+        pipeline.train(name, profile="dry-run", models_root=root, runs_root=runs, progress=False)
+    shutil.copytree(model_repo, root, dirs_exist_ok=True)
+    return root
+
+
 def Server(models: Path, env: dict[str, str] | None = None) -> common.Server:
     """``bentoml serve`` over ``models`` (the harness load_tests uses too), its log and BentoML
     home beside the repository; ``with Server(...) as srv``: ready inside, stopped after."""

@@ -162,12 +162,10 @@ def gclient(gen_repo):
 
 
 def error_text(resp) -> str:
+    """The message of the service's one error body, ``{"error": str[, "detail": list]}``."""
     body = resp.json()
-    return (
-        body[0]["error"]
-        if isinstance(body, list)
-        else body.get("error", "") + str(body.get("detail", ""))
-    )
+    assert isinstance(body, dict) and isinstance(body["error"], str), body
+    return body["error"] + str(body.get("detail", ""))
 
 
 def png_size(resp) -> tuple[int, int]:

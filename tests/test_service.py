@@ -38,12 +38,10 @@ def classify(client, data: bytes, filename="digit.png", **fields):
 
 
 def error_text(resp) -> str:
+    """The message of the service's one error body, ``{"error": str[, "detail": list]}``."""
     body = resp.json()
-    return (
-        body[0]["error"]
-        if isinstance(body, list)
-        else body.get("error", "") + str(body.get("detail", ""))
-    )
+    assert isinstance(body, dict) and isinstance(body["error"], str), body
+    return body["error"] + str(body.get("detail", ""))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,182 @@
+"""Overload: what the service does with more than it can serve (admission control, issue #17).
+
+    python -m load_tests.overload [--models models] [--model lenet5] [--quick]
+
+One server with its defaults. First its capacity: closed loop, 32 clients, /classify. Then one
+open-loop Poisson run (load_tests.loadgen) with no gap between its phases: half the capacity (the
+normal latency), twice the capacity (the overload), half again (the recovery). Targets: goodput
+under overload >= 80% of the capacity, p99 of the accepted requests <= 1 s, every refusal (503)
+answered in <= 50 ms at p99, and latency back to normal within 5 s of the overload's end.
+Results: load_tests/results/<timestamp>-overload.json, rendered into BENCHMARKS.md by report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+
+from load_tests import common
+from load_tests.serving import classify_bodies, run_loadgen
+
+TARGETS = {"goodput": 0.8, "accepted_p99_ms": 1000.0, "refused_p99_ms": 50.0, "recovery_s": 5.0}
+
+
+def _p(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def phase(records: list[list], start: float, end: float) -> dict:
+    """The requests sent in [start, end): counts by status, goodput, latency of each kind."""
+    sent = [r for r in records if start <= r[0] < end]
+    ok = [r[1] for r in sent if r[2] == 200]
+    refused = [r[1] for r in sent if r[2] == 503]
+    seconds = end - start
+    return {
+        "seconds": seconds,
+        "offered_per_s": len(sent) / seconds,
+        "goodput_per_s": len(ok) / seconds,
+        "ok": len(ok),
+        "refused": len(refused),
+        "other": len(sent) - len(ok) - len(refused),
+        "accepted_p50_ms": _p(ok, 50),
+        "accepted_p99_ms": _p(ok, 99),
+        "refused_p50_ms": _p(refused, 50),
+        "refused_p99_ms": _p(refused, 99),
+    }
+
+
+def recovery_seconds(records: list[list], start: float, end: float, normal_p99_ms: float) -> float:
+    """Seconds after ``start`` until every later one-second bin's p99 (answered requests) is back
+    within twice the normal p99 (at least +20 ms) with nothing refused."""
+    limit = max(2 * normal_p99_ms, normal_p99_ms + 20)
+    bad_until = start
+    for t in np.arange(start, end, 1.0):
+        b = phase(records, t, t + 1.0)
+        late = b["accepted_p99_ms"] is not None and b["accepted_p99_ms"] > limit
+        if late or b["refused"] or b["other"]:
+            bad_until = t + 1.0
+    return bad_until - start
+
+
+def measure(url: str, model: str, pngs, quick: bool) -> dict:
+    bodies = classify_bodies(pngs, model)
+    closed = run_loadgen(
+        {
+            "mode": "closed",
+            "url": url,
+            "path": "/classify",
+            "concurrency": 32,
+            "warmup": 3 if quick else 5,
+            "duration": 10 if quick else 20,
+            "bodies": bodies,
+        }
+    )
+    capacity = closed["throughput"]
+    normal, over, after = (5, 10, 10) if quick else (15, 30, 20)
+    low, high = 0.5 * capacity, 2.0 * capacity
+    run = run_loadgen(
+        {
+            "mode": "open",
+            "url": url,
+            "path": "/classify",
+            "warmup": 2,
+            "schedule": [[low, normal], [high, over], [low, after]],
+            "bodies": bodies,
+            "records": True,
+            "max_in_flight": 8192,
+            "timeout": 30,
+        },
+        timeout=normal + over + after + 120,
+    )
+    records = run.pop("records")
+    base = phase(records, 0, normal)
+    overload = phase(records, normal, normal + over)
+    end = normal + over + after
+    recovery = recovery_seconds(records, normal + over, end, base["accepted_p99_ms"] or 0.0)
+    return {
+        "model": model,
+        "capacity_per_s": capacity,
+        "capacity_p99_ms": closed["p99_ms"],
+        "rates": {"normal": low, "overload": high},
+        "normal": base,
+        "overload": overload,
+        "after": phase(records, normal + over, end),
+        "recovery_s": recovery,
+        "client": {k: run[k] for k in ("dropped", "send_lag_p99_ms") if k in run},
+        "met": {
+            "goodput": overload["goodput_per_s"] >= TARGETS["goodput"] * capacity,
+            "accepted_p99_ms": (overload["accepted_p99_ms"] or 0) <= TARGETS["accepted_p99_ms"],
+            "refused_p99_ms": (overload["refused_p99_ms"] or 0) <= TARGETS["refused_p99_ms"],
+            "recovery_s": recovery <= TARGETS["recovery_s"],
+        },
+    }
+
+
+def render(results: Path) -> list[str]:
+    """The latest overload run as a BENCHMARKS.md section, if there is one."""
+    runs = sorted(results.glob("*-overload.json"))
+    if not runs:
+        return []
+    r = json.loads(runs[-1].read_text())
+    o, n = r["overload"], r["normal"]
+
+    def ms(x):
+        return "n/a" if x is None else f"{x:.0f} ms"
+
+    def met(key):
+        return "met" if r["met"][key] else "**missed**"
+
+    return [
+        "## Overload: admission control",
+        "",
+        f"`python -m load_tests.overload` ([{runs[-1].name}](load_tests/results/{runs[-1].name}), "
+        f"{r['model']}, the server's defaults, `DLZOO_MAX_QUEUE` {r.get('max_queue', '?')}): "
+        f"closed-loop capacity {r['capacity_per_s']:.0f} req/s (32 clients); then open-loop "
+        f"Poisson arrivals at half of it ({r['rates']['normal']:.0f}/s, p50 "
+        f"{ms(n['accepted_p50_ms'])}, p99 {ms(n['accepted_p99_ms'])}), at twice it "
+        f"({r['rates']['overload']:.0f}/s for {o['seconds']:.0f} s) and at half again.",
+        "",
+        "| under 2x overload | measured | target | |",
+        "|---|---|---|---|",
+        f"| goodput | {o['goodput_per_s']:.0f} req/s "
+        f"({o['goodput_per_s'] / r['capacity_per_s']:.0%} of capacity) | >= 80% | "
+        f"{met('goodput')} |",
+        f"| accepted requests, p50 / p99 | {ms(o['accepted_p50_ms'])} / "
+        f"{ms(o['accepted_p99_ms'])} | p99 <= 1 s | {met('accepted_p99_ms')} |",
+        f"| refused (503 + Retry-After), p50 / p99 | {o['refused']} requests, "
+        f"{ms(o['refused_p50_ms'])} / {ms(o['refused_p99_ms'])} | p99 <= 50 ms | "
+        f"{met('refused_p99_ms')} |",
+        f"| anything else (not 200 or 503) | {o['other']} | 0 | |",
+        f"| back to normal latency after it | {r['recovery_s']:.0f} s | <= 5 s | "
+        f"{met('recovery_s')} |",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=Path, default=common.ROOT / "models")
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--quick", action="store_true", help="shorter phases (~1 min)")
+    args = p.parse_args(argv)
+    from service.settings import Settings
+
+    pngs = common.digit_pngs(64)
+    with common.ours(args.models) as server:
+        result = measure(server.url, args.model, pngs, args.quick)
+    result["max_queue"] = Settings.from_env().max_queue
+    result["machine"] = common.machine()
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = common.RESULTS / f"{stamp}-overload.json"
+    common.write_json(path, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    print(f"results: {path}")
+    return 0 if all(result["met"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
