@@ -17,6 +17,10 @@ the new version's source, then add it to ``CHECKED_ON`` (pyproject.toml and bent
 6. ``metric_totals``: BentoML runs ``prometheus_client`` in multiprocess mode (each process writes
    its metrics under ``PROMETHEUS_MULTIPROC_DIR``, which it sets); /metrics adds them up with
    ``MultiProcessCollector``, and so does this, for the V2 statistics (service/graphs.py).
+7. ``install_error_answers``: ``ServiceAppFactory.api_endpoint_wrapper`` answers a client error as
+   a JSON *list* of one ``{"error"}`` (a one-element tuple), every 503 with a generic message and
+   no ``Retry-After``, and logs each client error with its traceback. ``api_endpoint`` (what the
+   wrapper calls) is wrapped to answer them itself as one object, ``service.errors.error_body``.
 8. ``install_request_timeout``: BentoML's ``TimeoutMiddleware`` (``traffic.timeout``) schedules a
    timer per request with ``loop.call_later(timeout, ...)`` and never cancels it once the answer
    has started, so every request's timer, its future and the context copied with it (the
@@ -25,12 +29,18 @@ the new version's source, then add it to ``CHECKED_ON`` (pyproject.toml and bent
    (load_tests/FINDINGS.md). ``CancellingTimeout`` is the same middleware with its timer
    cancelled as soon as the answer starts or the request ends; it replaces the class where
    ``BaseAppFactory.middlewares`` imports it from.
+9. ``stop_listening``: a service's workers share one listening socket, which BentoML's worker
+   script takes as ``--fd N`` on its command line; uvicorn closes only its own copy on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import socket
+import sys
 import typing as t
 from collections import defaultdict
 from pathlib import PurePosixPath
@@ -41,7 +51,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ServiceUnavailableError, error_response
 
 CHECKED_ON = ("1.4.40",)
 MAX_FORM_FIELDS = 32
@@ -157,7 +167,21 @@ class GetAsPost:
                 return await receive()
 
             return await self.app(scope, receive_empty, send)
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            return await self.app(scope, receive, self._allow_get(send))
         return await self.app(scope, receive, send)
+
+    @staticmethod
+    def _allow_get(send):
+        """A 405 on one of the paths says GET is allowed too."""
+
+        async def allowing(message):
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message = {**message, "headers": [*headers, (b"allow", b"GET, POST")]}
+            await send(message)
+
+        return allowing
 
 
 def cpu_quota() -> float | None:
@@ -196,6 +220,37 @@ def metric_totals(prefix: str = "dlzoo_") -> dict[str, dict[str, float]]:
     return totals
 
 
+def install_error_answers() -> None:
+    """Every error an API raises for a client answered as ``{"error": ...}`` (item 7): pydantic's
+    validation errors (400, each field named, BentoML's ``detail`` kept), ours and BentoML's own
+    4xx, and our 503s (``Retry-After``). Anything else stays BentoML's generic 500."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    endpoint = ServiceAppFactory.api_endpoint
+    if getattr(endpoint, "dlzoo_errors", False):
+        return
+
+    async def api_endpoint(self, name, request):
+        try:
+            return await endpoint(self, name, request)
+        except ValidationError as exc:
+            errors = exc.errors(include_context=False, include_input=False, include_url=False)
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:8]
+            )
+            return error_response(400, fields, detail=errors)
+        except BentoMLException as exc:
+            status = exc.error_code.value
+            if status >= 500 and not isinstance(exc, ServiceUnavailableError):
+                raise
+            return error_response(status, str(exc))
+
+    api_endpoint.dlzoo_errors = True
+    ServiceAppFactory.api_endpoint = api_endpoint
+
+
 class CancellingTimeout(_traffic.TimeoutMiddleware):
     """BentoML's request timeout (a 504 if the answer has not started within ``timeout``), with
     its timer cancelled once the answer starts or the request ends (item 8)."""
@@ -229,3 +284,19 @@ class CancellingTimeout(_traffic.TimeoutMiddleware):
 def install_request_timeout() -> None:
     """Every BentoML app built after this uses :class:`CancellingTimeout` (item 8)."""
     _traffic.TimeoutMiddleware = CancellingTimeout
+
+
+def stop_listening() -> None:
+    """Refuse new connections at once in every worker of this service (item 9): shutting the shared
+    listening socket down takes it out of the listening state for all of them, and connections
+    not yet accepted are reset (their requests never started)."""
+    args = sys.argv
+    try:
+        fd = int(args[args.index("--fd") + 1])
+    except (ValueError, IndexError):  # not a BentoML worker: nothing shared to stop
+        return
+    try:
+        with socket.socket(fileno=os.dup(fd)) as listener:
+            listener.shutdown(socket.SHUT_RD)
+    except OSError as exc:  # already shut by another worker, or not a socket
+        logging.getLogger("dlzoo.drain").info("listening socket: %s", exc)

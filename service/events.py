@@ -9,11 +9,54 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 
 from service.errors import error_for_status
 from service.streams import Events
 
 log = logging.getLogger("dlzoo.events")
+
+
+# What each event of /generate_stream carries (the OpenAPI document's, service/openapi.py).
+class StartEvent(BaseModel):
+    """``event: start``: the generation's facts, before its first token."""
+
+    model: str
+    version: int
+    provider: str
+    seed: int
+    prompt_tokens: int
+    unknown_chars: list[str]
+
+
+class TokenEvent(BaseModel):
+    """A data event without a name: one generated token, as soon as it exists."""
+
+    text: str
+    index: int
+
+
+class DoneEvent(BaseModel):
+    """``event: done``: why it ended, how many tokens, and how long it took."""
+
+    finish_reason: str
+    tokens: int
+    timings_ms: dict[str, float]
+
+
+class ErrorEvent(BaseModel):
+    """``event: error``: the stream ends early; ``status`` is what an HTTP answer would have had."""
+
+    status: int
+    detail: str
+
+
+STREAM_EVENTS: dict[str | None, type[BaseModel]] = {
+    "start": StartEvent,
+    None: TokenEvent,
+    "done": DoneEvent,
+    "error": ErrorEvent,
+}
 
 
 def sse(data: dict[str, Any], event: str | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any, get_args
 import anyio
 import bentoml
 
-from service import graphs, latent, seq2seq
+from service import drain, graphs, latent, seq2seq
 from service.bentoml_compat import install_request_timeout
 from service.card import Task
 from service.classify import LocalClassifier
@@ -65,6 +65,15 @@ class Inference:
 
     def __is_ready__(self) -> bool:
         return True  # __init__ has opened and warmed up every session by now
+
+    @bentoml.on_startup
+    async def _drain_on_sigterm(self) -> None:
+        drain.on_sigterm(self._drain)
+
+    async def _drain(self, exit_server: drain.ExitServer) -> None:
+        """SIGTERM (service/drain.py): serve the fronts until nothing is in flight, then go."""
+        await drain.until_idle(SETTINGS.drain_seconds + 5)
+        exit_server()
 
     @bentoml.on_startup
     async def _start_polling(self) -> None:
@@ -200,3 +209,6 @@ class Inference:
             **out,
             "timings_ms": {"total": round(seconds * 1e3, 3)},
         }
+
+
+Inference.add_asgi_middleware(drain.InFlight)  # what a drain waits for

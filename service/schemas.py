@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from service.card import MODEL_REF_PATTERN
+
 SEED_LIMIT = 2**32  # seeds are 0 <= seed < SEED_LIMIT (a JSON number any client keeps exactly)
 # language models
 MAX_PROMPT_CHARS = 2000
@@ -46,7 +48,8 @@ def _range(kind: type, noun: str, low, high, description: str):
                 {"noun": noun, "low": low, "high": high, "value": value},
             ) from None
 
-    return Annotated[kind, Field(ge=low, le=high, description=description), WrapValidator(check)]
+    field = Field(ge=low, le=high, description=description, strict=True)
+    return Annotated[kind, field, WrapValidator(check)]
 
 
 def IntRange(low: int, high: int, description: str):
@@ -63,13 +66,21 @@ StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is a 400, not silently ignored
+def ModelRef(description: str, default: str | None = None):
+    """A request's model field: ``name`` or ``name@version``. The catalog checks the pattern (its
+    400 lists the models available); the schema shows it. No ``default`` inside ``Annotated``."""
+    extra = {"description": description, "json_schema_extra": {"pattern": MODEL_REF_PATTERN}}
+    return Field(**extra) if default is None else Field(default, **extra)
+
+
+    # a misspelt option is a 400, not silently ignored; a value of the wrong JSON type too
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GenerateRequest(_Body):
     """The body of /generate and /generate_stream (one definition for both)."""
 
-    model: str = Field("lstm", description="a language model (rnn, lstm, gru), or name@version")
+    model: str = ModelRef("a language model (rnn, lstm, gru), or name@version", "lstm")
     prompt: str = Field(
         "",
         max_length=MAX_PROMPT_CHARS,
@@ -94,7 +105,7 @@ class GenerateRequest(_Body):
 
 
 class SampleRequest(_Body):
-    model: str = Field("gan", description="a vae or gan model, or name@version")
+    model: str = ModelRef("a vae or gan model, or name@version", "gan")
     count: IntRange(1, MAX_COUNT, "how many images") = 16
     seed: Seed | None = None
     format: Literal["png", "json"] = Field("png", description="png grid, or json arrays")
@@ -103,7 +114,7 @@ class SampleRequest(_Body):
 
 
 class InterpolateRequest(_Body):
-    model: str = Field("gan", description="a vae or gan model, or name@version")
+    model: str = ModelRef("a vae or gan model, or name@version", "gan")
     seed_from: (
         IntRange(0, SEED_LIMIT - 1, "start: the first latent of this seed (drawn if absent)") | None
     ) = None
@@ -115,7 +126,7 @@ class InterpolateRequest(_Body):
 
 
 class TranslateRequest(_Body):
-    model: str = Field("seq2seq", description="a seq2seq model, or name@version")
+    model: str = ModelRef("a seq2seq model, or name@version", "seq2seq")
     text: str = Field(
         ...,
         min_length=1,

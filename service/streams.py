@@ -22,6 +22,7 @@ import json
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -311,6 +312,12 @@ class ChannelReader:
         if self.retiring and not self.queues:
             self.close()
 
+    def end_all(self, status: int, detail: str) -> None:
+        """End every generation on this channel with an error event, and the channel."""
+        for queue in self.queues.values():
+            queue.put_nowait([{"event": "error", "status": status, "detail": detail}])
+        self.close()
+
     async def events(
         self, stream_id: str, queue: asyncio.Queue
     ) -> AsyncIterator[list[dict[str, Any]]]:
@@ -374,8 +381,14 @@ class StreamClient:
             if (
                 reader is not None
                 and not reader.closed
+        self._readers: weakref.WeakSet[ChannelReader] = weakref.WeakSet()  # retiring ones too
                 and time.monotonic() - reader.opened > self.channel_seconds
             ):
+    def end_all(self, status: int, detail: str) -> None:
+        """End every generation of this worker with an error event (shutting down)."""
+        for reader in list(self._readers):
+            reader.end_all(status, detail)
+
                 reader.retire()  # the generations on it finish there
             if reader is None or reader.closed or reader.retiring:
                 self._reader = reader = await ChannelReader.open(self.inference)
@@ -388,6 +401,7 @@ class StreamClient:
 
         ``close()`` cancels the generation if it has not ended (a client gone). Request errors
         raise their 4xx here, before any answer has begun."""
+                self._readers.add(reader)
         reader = await self._channel()
         stream_id = secrets.token_hex(8)
         queue = reader.listen(stream_id)
