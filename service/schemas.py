@@ -65,7 +65,6 @@ Scale = IntRange(1, MAX_SCALE, "nearest-neighbour enlargement")
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
-class _Body(BaseModel):
 def ModelRef(description: str, default: str | None = None):
     """A request's model field: ``name`` or ``name@version``. The catalog checks the pattern (its
     400 lists the models available); the schema shows it. No ``default`` inside ``Annotated``."""
@@ -73,6 +72,7 @@ def ModelRef(description: str, default: str | None = None):
     return Field(**extra) if default is None else Field(default, **extra)
 
 
+class _Body(BaseModel):
     # a misspelt option is a 400, not silently ignored; a value of the wrong JSON type too
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -303,6 +303,12 @@ class ChannelReader:
                 self.inference.to_async.close_channel(channel=self.id), name="dlzoo-channel-close"
             )
 
+    def end_all(self, status: int, detail: str) -> None:
+        """End every generation on this channel with an error event, and the channel."""
+        for queue in self.queues.values():
+            queue.put_nowait([{"event": "error", "status": status, "detail": detail}])
+        self.close()
+
     def listen(self, stream_id: str) -> asyncio.Queue:
         self.queues[stream_id] = queue = asyncio.Queue()
         return queue
@@ -311,12 +317,6 @@ class ChannelReader:
         self.queues.pop(stream_id, None)
         if self.retiring and not self.queues:
             self.close()
-
-    def end_all(self, status: int, detail: str) -> None:
-        """End every generation on this channel with an error event, and the channel."""
-        for queue in self.queues.values():
-            queue.put_nowait([{"event": "error", "status": status, "detail": detail}])
-        self.close()
 
     async def events(
         self, stream_id: str, queue: asyncio.Queue
@@ -372,7 +372,13 @@ class StreamClient:
         self.inference = inference
         self.channel_seconds = channel_seconds
         self._reader: ChannelReader | None = None
+        self._readers: weakref.WeakSet[ChannelReader] = weakref.WeakSet()  # retiring ones too
         self._lock = asyncio.Lock()
+
+    def end_all(self, status: int, detail: str) -> None:
+        """End every generation of this worker with an error event (shutting down)."""
+        for reader in list(self._readers):
+            reader.end_all(status, detail)
 
     async def _channel(self) -> ChannelReader:
         """This worker's channel, opened on first use, after a loss and when it is old."""
@@ -381,17 +387,12 @@ class StreamClient:
             if (
                 reader is not None
                 and not reader.closed
-        self._readers: weakref.WeakSet[ChannelReader] = weakref.WeakSet()  # retiring ones too
                 and time.monotonic() - reader.opened > self.channel_seconds
             ):
-    def end_all(self, status: int, detail: str) -> None:
-        """End every generation of this worker with an error event (shutting down)."""
-        for reader in list(self._readers):
-            reader.end_all(status, detail)
-
                 reader.retire()  # the generations on it finish there
             if reader is None or reader.closed or reader.retiring:
                 self._reader = reader = await ChannelReader.open(self.inference)
+                self._readers.add(reader)
             return reader
 
     async def start(
@@ -401,7 +402,6 @@ class StreamClient:
 
         ``close()`` cancels the generation if it has not ended (a client gone). Request errors
         raise their 4xx here, before any answer has begun."""
-                self._readers.add(reader)
         reader = await self._channel()
         stream_id = secrets.token_hex(8)
         queue = reader.listen(stream_id)
