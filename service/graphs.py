@@ -149,8 +149,13 @@ def index(listing: list[dict[str, Any]], ready_only: bool) -> list[dict[str, str
 
 def statistics(served: list[tuple[str, Entry]], totals: dict[str, dict[str, float]]) -> dict:
     """Triton's statistics from the service's metrics (every process's), per model version: the
-    graphs of one version share its figures. ``success`` is what the stages add up to per request
-    served; failures, output extraction and a cache are not measured (zeros)."""
+    graphs of one version share its figures. Counts are of rows (a ``/classify`` request is one).
+    Every row that ran passed the queue, input, infer and output once, so each of their counts is
+    the rows that ran, as in Triton (perf_analyzer requires the three compute counts equal, and
+    without ``-x`` takes the version whose queue count grew); the times are the stages measured:
+    ``queue`` the batcher's wait (a graph run as it is has none), ``compute_input`` the
+    preprocess stage (decoding and preparing images; a tensor input has none), ``success`` what
+    the stages add up to. Failures, output extraction and a cache are not measured (zero)."""
 
     def duration(count: float, seconds: float) -> dict[str, int]:
         return {"count": int(count), "ns": int(round(seconds * 1e9))}
@@ -166,6 +171,7 @@ def statistics(served: list[tuple[str, Entry]], totals: dict[str, dict[str, floa
             for s in ("queue", "preprocess", "inference")
         }
         spent = sum(seconds for _, seconds in stage.values())
+        ran = stage["inference"][0]
         zero = duration(0, 0)
         stats.append(
             {
@@ -175,13 +181,14 @@ def statistics(served: list[tuple[str, Entry]], totals: dict[str, dict[str, floa
                 "inference_count": int(t.get("dlzoo_batch_size_sum", 0)),
                 "execution_count": int(t.get("dlzoo_inference_seconds_count", 0)),
                 "inference_stats": {
-                    "success": duration(stage["inference"][0], spent),
+                    "success": duration(ran, spent),
                     "fail": zero,
-                    "queue": duration(*stage["queue"]),
-                    "compute_input": duration(*stage["preprocess"]),
+                    "queue": duration(ran, stage["queue"][1]),
+                    "compute_input": duration(ran, stage["preprocess"][1]),
                     "compute_infer": duration(*stage["inference"]),
-                    "compute_output": zero,
+                    "compute_output": duration(ran, 0),
                     "cache_hit": zero,
+                    "cache_miss": zero,
                 },
                 "batch_stats": [],
             }

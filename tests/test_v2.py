@@ -201,7 +201,8 @@ def test_statistics_follow_the_requests(triton, v2_server):
     after = stats()
     assert after["inference_count"] - before["inference_count"] == 6
     assert after["execution_count"] - before["execution_count"] >= 3
-    for key in ("success", "queue", "compute_infer"):
+    # perf_analyzer aborts unless compute_input, compute_infer and compute_output count alike
+    for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
         assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 6
     assert (
         after["inference_stats"]["compute_infer"]["ns"]
@@ -210,6 +211,21 @@ def test_statistics_follow_the_requests(triton, v2_server):
     assert after["last_inference"] > 0 and after["batch_stats"] == []
     listed = {s["name"] for s in triton.get_inference_statistics()["model_stats"]}
     assert {"mlp", "lenet5", "vae.decoder", "lstm.step"} <= listed
+
+
+@pytest.mark.parametrize("model", ["mlp", "vae.decoder"])  # the batcher, and a graph run as it is
+def test_triton_perf_analyzer_measures_the_v2_path(v2_server, model):
+    """Triton's own load generator (what ``make bench`` runs) reads /v2, the metadata, the
+    configuration and the statistics around every window, then sends binary requests: it aborts
+    on anything it cannot read. Needs ``make bench``'s .venv-pytriton (load_tests/v2_bench.py)."""
+    from load_tests import v2_bench
+
+    tools = v2_bench.Tools.find()
+    if tools.problem():
+        pytest.skip(tools.problem())
+    row = v2_bench.run_perf_analyzer(tools, v2_server.url, model, 2, 500)
+    assert row["throughput"] > 0 and row["p99_ms"] > 0
+    assert row["inferences"] > 0 and row["mean_batch"] >= 1
 
 
 def test_v2_requests_appear_in_metrics(triton, http):
