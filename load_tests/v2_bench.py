@@ -229,6 +229,15 @@ def run_perf_analyzer(
     return row
 
 
+def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """Server CPU milliseconds per request between two :func:`common.tree_cpu` readings, in total
+    and by role (our front and Inference processes; the peer's are all ``other``)."""
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    out = {k: 1e3 * v / max(1, requests) for k, v in used.items() if v > 0}
+    out["total"] = 1e3 * sum(used.values()) / max(1, requests)
+    return out
+
+
 # ------------------------------------------------------------------------------------ the peer
 
 
@@ -353,8 +362,13 @@ def v2_section(
                                 server, headers = (
                                     (ours, None) if target == DLZOO_V2 else (peer, token)
                                 )
+                                cpu0 = common.tree_cpu(server.proc.pid)
                                 got = run_perf_analyzer(
                                     tools, server.url, name, conc, window_ms, headers
+                                )
+                                cpu1 = common.tree_cpu(server.proc.pid)
+                                got["server_cpu_ms_per_request"] = cpu_per_request(
+                                    cpu0, cpu1, got["inferences"]
                                 )
                         except Exception as exc:
                             log.exception("%s %s c=%d", target, name, conc)
@@ -407,6 +421,9 @@ def summarize(section: dict) -> list[dict]:
         row = {"model": model, "concurrency": conc, "server": server, "rounds": len(mine)}
         for k in ("throughput", "p50_ms", "p99_ms", "mean_batch"):
             row[k] = _median([r.get(k) for r in mine])
+        row["cpu_ms"] = _median(
+            [(r.get("server_cpu_ms_per_request") or {}).get("total") for r in mine]
+        )
         row["stable"] = all(r.get("stable", True) for r in mine)
         curve = section.get("curve_parallel", {}).get(model)
         if curve and row["mean_batch"]:
@@ -501,12 +518,13 @@ def render(results: dict, folder: Path) -> list[str]:
         "(PyTriton) serving the same ONNX graph; `/classify` on the same dlzoo server beside them. "
         f"{sec['note']} Medians of {sec['rounds']} round(s) taken in turn; the ratios are medians "
         "of same-round ratios. Batch: rows per ONNX call the server formed (its own Triton "
-        "statistics); efficiency: req/s over what "
+        "statistics); server CPU: all its processes over the whole measurement, per request; "
+        "efficiency: req/s over what "
         f"{sec['sessions']} ORT session(s) do at once in process at that batch.",
         "",
-        "| model | clients | server | req/s | p50 ms | p99 ms | batch | efficiency | "
-        "V2 / PyTriton | V2 / /classify |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | clients | server | req/s | p50 ms | p99 ms | batch | server CPU ms/req | "
+        "efficiency | V2 / PyTriton | V2 / /classify |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sec.get("summary", []):
         ratio = lambda k, r=r: "–" if r.get(k) is None else f"{r[k]:.2f}x"  # noqa: E731
@@ -515,7 +533,8 @@ def render(results: dict, folder: Path) -> list[str]:
         out.append(
             f"| {r['model']} | {r['concurrency']} | {r['server']} | {r['throughput']:,.0f}"
             f"{unstable} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | "
-            f"{'–' if r.get('mean_batch') is None else format(r['mean_batch'], '.1f')} | {eff} | "
+            f"{'–' if r.get('mean_batch') is None else format(r['mean_batch'], '.1f')} | "
+            f"{'–' if r.get('cpu_ms') is None else format(r['cpu_ms'], '.2f')} | {eff} | "
             f"{ratio('vs_pytriton')} | {ratio('vs_classify')} |"
         )
     errors = [r for r in sec.get("rows", []) if "error" in r]

@@ -84,6 +84,7 @@ def _section() -> dict:
                     "p50_ms": 30.0,
                     "p99_ms": 90.0,
                     "mean_batch": batch,
+                    "server_cpu_ms_per_request": {"total": 2.5},
                 }
             )
     rows.append(
@@ -131,8 +132,8 @@ def test_report_shows_this_run_or_the_newest_run_that_measured_v2(tmp_path):
     text = "\n".join(v2_bench.render(now, tmp_path))
     assert "From the run 20260101T000000Z" in text
     assert (
-        "| resnet18 | 32 | dlzoo V2 binary | 800 | 30.0 | 90.0 | 8.0 | 0.50 | 1.75x | 1.70x |"
-        in (text)
+        "| resnet18 | 32 | dlzoo V2 binary | 800 | 30.0 | 90.0 | 8.0 | 2.50 | 0.50 | 1.75x | "
+        "1.70x |" in text
     )
     assert "perf_analyzer failed" in text and "| yes |" in text
     assert v2_bench.render(now, Path(tmp_path / "empty")) == []
