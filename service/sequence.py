@@ -28,6 +28,10 @@ Rules a client can rely on (documented in the README and the OpenAPI description
 - ``stop`` strings end generation where one first appears; the answer stops before it. A stream
   holds back characters that might be the start of a stop string until they cannot be, so the
   streamed text always equals the non-streamed text.
+- ``alternatives`` (opt-in, 0 by default): with each token, the ``n`` most likely tokens of its
+  step under the model's own distribution (softmax of the raw logits, before temperature, top-k
+  and top-p), best first. They travel with the text they explain: a held-back token's go with the
+  event that releases its character, and a stop string's are never sent.
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ log = logging.getLogger("dlzoo.sequence")
 LM_TASKS = ("language_model",)
 
 
+def most_likely(logits: np.ndarray, vocab: Vocab, n: int) -> list[dict[str, Any]]:
+    """The ``n`` most likely tokens of one step's logits, best first, as {text, probability}:
+    the model's own distribution (softmax of the raw logits: no temperature, top-k or top-p), a
+    special token as the vocabulary writes it (``<unk>``), probabilities rounded to 6 places."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    top = np.argsort(-p, kind="stable")[:n]
+    return [{"text": vocab.tokens[i], "probability": round(float(p[i]), 6)} for i in top]
+
+
 # --- streams ------------------------------------------------------------------------------------
 
 
@@ -63,6 +78,9 @@ class Event:
     index: int = 0  # how many tokens the stream has generated, this one included
     finish_reason: str | None = None  # "length" | "stop" | "error" | "cancelled"
     error: str | None = None
+    # with Stream.alternatives: for each token whose text this event releases, the most likely
+    # characters of its step, best first: [[{text, probability}, ...], ...]
+    alternatives: list[list[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -77,11 +95,15 @@ class Stream:
     seed: int
     stop: tuple[str, ...] = ()
     unknown_chars: list[str] = field(default_factory=list)
+    alternatives: int = 0  # with each token, this many most likely characters (0: none)
     rng: np.random.Generator = field(init=False)
     fed: int = 0  # prompt tokens read so far
     tokens: list[int] = field(default_factory=list)
     text: str = ""  # everything generated (stop string included, if one was hit)
     sent: int = 0  # characters of ``text`` released to the client
+    # per token, if asked: (len(text) once it was added, its step's most likely characters)
+    choices: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    choices_sent: int = 0  # entries of ``choices`` released with their text
     finish_reason: str | None = None
     cancelled: bool = False
     created: float = field(default_factory=time.perf_counter)
@@ -123,6 +145,10 @@ class Stream:
             self.first_token = time.perf_counter()
         self.tokens.append(token)
         self.text += self.vocab.char(token)
+        if self.alternatives:
+            self.choices.append(
+                (len(self.text), most_likely(logits, self.vocab, self.alternatives))
+            )
         return self._release()
 
     def _release(self) -> Event:
@@ -140,14 +166,32 @@ class Stream:
         )
         piece = self.text[self.sent : end - held]
         self.sent += len(piece)
-        return Event(text=piece, index=len(self.tokens))
+        return Event(text=piece, index=len(self.tokens), alternatives=self._choices(piece))
 
     def _finish(self, reason: str) -> Event:
         self.finish_reason = reason
         self.finished = time.perf_counter()
         piece = self.text[self.sent :]
         self.sent = len(self.text)
-        return Event(text=piece, index=len(self.tokens), finish_reason=reason)
+        return Event(
+            text=piece,
+            index=len(self.tokens),
+            finish_reason=reason,
+            alternatives=self._choices(piece),
+        )
+
+    def _choices(self, piece: str) -> list[list[dict[str, Any]]] | None:
+        """The alternatives of the tokens whose text ``piece`` releases (those held back for a
+        stop string go with the text that releases them; a stop string's own are never sent)."""
+        if not self.alternatives or not piece:
+            return None
+        start = self.choices_sent
+        while (
+            self.choices_sent < len(self.choices)
+            and self.choices[self.choices_sent][0] <= self.sent
+        ):
+            self.choices_sent += 1
+        return [alts for _, alts in self.choices[start : self.choices_sent]]
 
     def timings_ms(self) -> dict[str, float | None]:
         ms = lambda t: None if t is None else round((t - self.created) * 1e3, 3)  # noqa: E731
@@ -176,6 +220,7 @@ class LanguageModel:
         sampling: Sampling,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        alternatives: int = 0,
     ) -> Stream:
         ids, unknown = self.vocab.encode(prompt)
         return Stream(
@@ -187,6 +232,7 @@ class LanguageModel:
             seed=draw_seed() if seed is None else seed,
             stop=tuple(s for s in stop if s),
             unknown_chars=unknown,
+            alternatives=alternatives,
         )
 
     def advance(self, streams: Sequence[Stream]) -> list[Event | None]:
