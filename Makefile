@@ -14,7 +14,7 @@ QUICK ?=
 DURATION ?= 60s
 USERS ?= 16
 
-.PHONY: setup system models models-if-missing serve test bench load build clean
+.PHONY: setup system models models-if-missing serve test bench load soak build clean
 SYSTEM_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf dataset-fashion-mnist
 
 setup: $(STAMP) system  ## a .venv with every extra; fast when already done
@@ -68,6 +68,9 @@ bench: models-if-missing $(BENCH_STAMP)  ## load_tests/results/<timestamp>.json,
 
 load: models-if-missing $(BENCH_STAMP)  ## locust, every endpoint, DURATION=60s USERS=16; fails on any failure or 5xx
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m load_tests.load --duration $(DURATION) --users $(USERS)
+
+soak: models-if-missing $(BENCH_STAMP)  ## locust, every endpoint, DURATION=30m: no failures, each process's RSS within 10% after warm-up
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m load_tests.soak --duration $(DURATION) --users $(USERS)
 
 build: models-if-missing  ## bentoml build (offline: uv, lock_packages false)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml build .

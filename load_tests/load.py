@@ -79,6 +79,42 @@ def check(prefix: Path) -> tuple[list[str], dict]:
     return problems, total
 
 
+def locust_command(host: str, users: int, spawn_rate: float, duration: str, prefix: Path):
+    """Locust, headless, running the scenario against ``host``; CSVs and HTML at ``prefix``."""
+    return [
+        common.bin_path("locust"),
+        "-f",
+        str(common.ROOT / "load_tests" / "locustfile.py"),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        duration,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+    ]
+
+
+def skipped_endpoints(output: str) -> str | None:
+    """The endpoints the scenario skipped (not in the server's OpenAPI document), from locust's
+    output: ``"/a,/b"``, or None."""
+    lines = [
+        line.split(":", 1)[1].strip()
+        for line in output.splitlines()
+        if line.startswith("SKIPPED ENDPOINTS:")
+    ]
+    return lines[-1] if lines else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -91,27 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         print(f"load: ready in {server.ready_seconds:.1f} s at {server.url}", flush=True)
     host = args.host or server.url
-    cmd = [
-        common.bin_path("locust"),
-        "-f",
-        str(common.ROOT / "load_tests" / "locustfile.py"),
-        "--headless",
-        "--host",
-        host,
-        "-u",
-        str(args.users),
-        "-r",
-        str(args.spawn_rate),
-        "-t",
-        args.duration,
-        "--csv",
-        str(prefix),
-        "--html",
-        f"{prefix}.html",
-        "--only-summary",
-        "--stop-timeout",
-        "30",
-    ]
+    cmd = locust_command(host, args.users, args.spawn_rate, args.duration, prefix)
     try:
         proc = subprocess.run(
             cmd,
@@ -125,16 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     sys.stdout.write(proc.stdout[-6000:])
     sys.stderr.write(proc.stderr[-6000:])
-    skipped = [
-        line.split(":", 1)[1].strip()
-        for line in (proc.stdout + proc.stderr).splitlines()
-        if line.startswith("SKIPPED ENDPOINTS:")
-    ]
+    skipped = skipped_endpoints(proc.stdout + proc.stderr)
     problems, total = check(prefix)
     if skipped:
-        print(f"load: skipped (not served): {skipped[-1]}")
+        print(f"load: skipped (not served): {skipped}")
         if args.strict:
-            problems.append(f"endpoints not served: {skipped[-1]}")
+            problems.append(f"endpoints not served: {skipped}")
     print(
         f"load: {total.get('Request Count', 0)} requests, "
         f"{total.get('Failure Count', 0)} failures, "

@@ -5,18 +5,23 @@
                                                                             # failure
 
 Classification (real handwritten digits as PNG, lenet5 and resnet18) dominates; generation,
-translation and the generative endpoints follow. Every answer is checked (status, and a field or
-the PNG signature), so a wrong 200 counts as a failure too. An endpoint whose route the server's
-OpenAPI document does not list is skipped with a warning (``make load`` prints which).
+translation and the generative endpoints follow; the model list, the Open Inference Protocol (V2)
+and the metrics take a small share. Every answer is checked (status, and a field or the PNG
+signature), so a wrong 200 counts as a failure too. An endpoint whose route the server's OpenAPI
+document does not list is skipped with a warning (``make load`` prints which); the V2 routes are
+mounted beside it, so they count as served when ``/v2/health/live`` answers.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
 
+import numpy as np
 from locust import FastHttpUser, between, events, task
+from PIL import Image
 
 from load_tests.common import digit_pngs
 from load_tests.loadgen import multipart
@@ -28,6 +33,22 @@ CLASSIFY = [
     multipart({"model": m, "top_k": "3"}, png) for png, _ in PNGS for m in ("lenet5", "resnet18")
 ]
 RECONSTRUCT = [multipart({"model": "vae", "format": "json"}, png) for png, _ in PNGS[:16]]
+V2_INFER = [  # the same digits as lenet5's own tensor, pixels in [0, 1] (its card: 1 x 32 x 32)
+    {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [1, 1, 32, 32],
+                "datatype": "FP32",
+                "data": (np.asarray(Image.open(io.BytesIO(png)).convert("L")) / 255.0)
+                .round(4)
+                .ravel()
+                .tolist(),
+            }
+        ]
+    }
+    for png, _ in PNGS[:16]
+]
 PROMPTS = ["The ", "def ", "Return ", "import ", "In the "]
 DATES = [
     "3 March 2021",
@@ -50,11 +71,19 @@ def _routes(environment, **_kwargs) -> None:
     global AVAILABLE
     import urllib.request
 
+    host = environment.host.rstrip("/")
     try:
-        with urllib.request.urlopen(environment.host.rstrip("/") + "/docs.json", timeout=10) as r:
+        with urllib.request.urlopen(host + "/docs.json", timeout=10) as r:
             AVAILABLE = set(json.load(r).get("paths", {}))
     except Exception as exc:
         log.warning("could not read /docs.json (%s): running every task", exc)
+        return
+    try:
+        with urllib.request.urlopen(host + "/v2/health/live", timeout=10) as r:
+            if r.status == 200:
+                AVAILABLE.add("/v2")
+    except Exception:
+        pass
 
 
 @events.quitting.add_listener
@@ -209,3 +238,34 @@ class ZooUser(FastHttpUser):
             },
             lambda r: len(r.json().get("images", [])) == 8,
         )
+
+    @task(1)
+    def models(self) -> None:
+        if not served("/models"):
+            return
+        with self.client.get("/models", catch_response=True, name="/models (GET)") as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {(r.text or '')[:200]}")
+            elif not any(m.get("name") == "lenet5" for m in r.json()):
+                r.failure("lenet5 not listed")
+
+    @task(1)
+    def v2_infer(self) -> None:
+        if not served("/v2"):
+            return
+        path = "/v2/models/lenet5/infer"
+        with self.client.post(
+            path, json=random.choice(V2_INFER), catch_response=True, name=path
+        ) as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {(r.text or '')[:200]}")
+            elif r.json()["outputs"][0]["shape"] != [1, 10]:
+                r.failure(f"unexpected answer: {(r.text or '')[:200]}")
+
+    @task(1)
+    def metrics(self) -> None:
+        with self.client.get("/metrics", catch_response=True, name="/metrics") as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}")
+            elif "dlzoo_" not in (r.text or ""):
+                r.failure("no dlzoo_ metric")

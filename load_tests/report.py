@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from load_tests.common import ROOT
+from load_tests.soak import section as locust_soak_section
 
 FINDINGS = ROOT / "load_tests" / "FINDINGS.md"
 CNNS = ("lenet5", "alexnet", "vgg16", "resnet18")  # the zoo's convolutional classifiers
@@ -700,6 +701,7 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             ]
 
     out += soak_section(Path(results_path).parent)
+    out += locust_soak_section(Path(results_path).parent)
     out += [
         "## Reproduce",
         "",

@@ -3,7 +3,9 @@ timed."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from load_tests import bench, load, report, serving
+from load_tests import bench, load, report, serving, soak
 from load_tests.loadgen import multipart, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +219,98 @@ def test_load_check_reads_locust_csvs(tmp_path):
     assert problems[0] == "2 of 10 requests failed" and problems[1].startswith(
         "5xx: POST /translate"
     )
+
+
+def test_soak_durations_and_the_default_warmup():
+    assert [soak.seconds(d) for d in ("90", "45s", "30m", "1h30m")] == [90, 45, 1800, 5400]
+    with pytest.raises(argparse.ArgumentTypeError):
+        soak.seconds("half an hour")
+    args = soak.parse_args(["--duration", "30m"])
+    assert (args.duration_s, args.warmup_s) == (1800, 300)
+    assert soak.parse_args(["--duration", "2m", "--warmup", "30s"]).warmup_s == 30
+    with pytest.raises(SystemExit):
+        soak.parse_args(["--duration", "1m", "--warmup", "2m"])
+
+
+def _samples(series: dict[str, list[float]], every: float = 60.0) -> list[dict]:
+    steps = max(len(v) for v in series.values())
+    return [
+        {"t": i * every, "rss_mb": {k: v[i] for k, v in series.items() if i < len(v)}}
+        for i in range(steps)
+    ]
+
+
+def test_soak_memory_criterion_is_judged_from_the_value_after_the_warmup():
+    samples = _samples(
+        {
+            "arbiter-1": [60, 60, 60, 60, 60, 60],
+            # grows 30% during the warm-up (the first 2 samples), then stays within 10%
+            "front-2": [100, 120, 130, 135, 140, 142],
+            # keeps growing after it: a leak
+            "inference-3": [200, 205, 210, 225, 235, 240],
+        }
+    )
+    judged = soak.judge_memory(samples, warmup=120, tolerance=0.10)
+    rows = judged["processes"]
+    assert list(rows) == ["arbiter-1", "front-2", "inference-3"]
+    assert rows["front-2"]["first"] == 100 and rows["front-2"]["warm"] == 130
+    assert rows["front-2"]["last"] == 142 and rows["front-2"]["within"]
+    assert rows["inference-3"]["max_ratio"] == round(240 / 210, 4)
+    assert not rows["inference-3"]["within"]
+    assert rows["arbiter-1"]["within"] and rows["arbiter-1"]["min_ratio"] == 1.0
+    assert len(judged["problems"]) == 1 and judged["problems"][0].startswith("inference-3")
+
+
+def test_soak_memory_criterion_fails_a_process_that_shrinks_or_is_replaced():
+    samples = _samples(
+        {
+            "front-2": [100, 100, 100, 85, 100],  # 15% below its warm value once
+            "front-3": [100, 100, 100],  # gone after 3 samples (a restarted worker ...)
+            "front-4": [0, 0, 0, 100, 100],  # ... and its replacement, started after the warm-up
+        }
+    )
+    samples[0]["rss_mb"].pop("front-4")
+    samples[1]["rss_mb"].pop("front-4")
+    samples[2]["rss_mb"].pop("front-4")
+    judged = soak.judge_memory(samples, warmup=60, tolerance=0.10)
+    problems = " | ".join(judged["problems"])
+    assert not judged["processes"]["front-2"]["within"]
+    assert "front-3: gone in 2 of 4 samples" in problems
+    assert "front-4: not running at the end of the warm-up" in problems
+    assert soak.judge_memory(samples[:1], warmup=60, tolerance=0.1)["problems"]
+
+
+def test_soak_section_and_plot_from_a_results_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    samples = _samples({"arbiter-1": [60, 60, 61], "inference-3": [200, 210, 212]})
+    judged = soak.judge_memory(samples, warmup=60, tolerance=0.10)
+    result = {
+        "command": "make soak DURATION=3m USERS=16",
+        "duration_s": 180,
+        "warmup_s": 60,
+        "tolerance": 0.10,
+        "users": 16,
+        "requests": 1234,
+        "failures": 0,
+        "rps": 6.9,
+        "endpoints": [
+            {"name": "/classify", "requests": 1000, "failures": 0, "p50_ms": 9.0, "p99_ms": None}
+        ],
+        "processes": judged["processes"],
+        "samples": samples,
+        "problems": judged["problems"],
+        "passed": not judged["problems"],
+    }
+    (tmp_path / "20260101T000000Z-soak.json").write_text(json.dumps(result))
+    assert soak.plot(result, tmp_path / "20260101T000000Z-soak.png").stat().st_size > 1000
+    text = "\n".join(soak.section(tmp_path))
+    assert "1,234 requests, 0 failures" in text and "passed" in text
+    assert "| inference-3 | 200.0 | 210.0 | 212.0 | 1.000-1.010 |" in text
+    assert "20260101T000000Z-soak.png" in text and "| /classify | 1,000 | 0 | 9 | - |" in text
+    report_md = tmp_path / "BENCHMARKS.md"
+    report_md.write_text("# Benchmarks\n\n## Other\n\nx\n\n## Reproduce\n\ny\n")
+    soak.write_section(report_md, tmp_path)
+    soak.write_section(report_md, tmp_path)  # replaces its own section, once
+    written = report_md.read_text()
+    assert written.count(soak.HEADING) == 1
+    assert written.index("## Other") < written.index(soak.HEADING) < written.index("## Reproduce")
