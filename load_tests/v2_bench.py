@@ -287,6 +287,52 @@ def pytriton(
     return server, {"triton-access-token": token}
 
 
+def start_peer(peer: PyTritonServer, attempts: int = 3) -> str | None:
+    """Start the peer; None, or why it did not start. PyTriton gives each model's backend 1 s to
+    find its handshake socket, which a busy machine can miss: it is tried again."""
+    error = None
+    for attempt in range(attempts):
+        try:
+            peer.start()
+            return None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc)[-300:]}"
+            log.warning("PyTriton did not start (attempt %d): %s", attempt + 1, error[:200])
+    return error
+
+
+def measure(tools, server, headers, target, name, conc, window_ms, classify) -> dict:
+    """One row: perf_analyzer for the V2 targets, ``load_tests.loadgen`` for /classify (``classify``
+    is its PNGs, warm-up and duration); an error is a row too."""
+    from load_tests import serving as sv
+
+    try:
+        if target == CLASSIFY:
+            pngs, warmup, duration = classify
+            (got,) = sv.sweep(server, target, [name], pngs, (conc,), warmup, duration, True)
+            got = {k: v for k, v in got.items() if k not in ("server", "model", "concurrency")}
+        else:
+            cpu0 = common.tree_cpu(server.proc.pid)
+            got = run_perf_analyzer(tools, server.url, name, conc, window_ms, headers)
+            cpu1 = common.tree_cpu(server.proc.pid)
+            got["server_cpu_ms_per_request"] = cpu_per_request(cpu0, cpu1, got["inferences"])
+            got.pop("concurrency", None)
+    except Exception as exc:
+        log.exception("%s %s c=%d", target, name, conc)
+        return {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+    log.info(
+        "%-22s %-9s c=%-3d %7.1f req/s  p50 %6.1f  p99 %6.1f ms  batch %s",
+        target,
+        name,
+        conc,
+        got["throughput"],
+        got.get("p50_ms") or -1,
+        got.get("p99_ms") or -1,
+        round(got.get("mean_batch") or 0, 1) or "-",
+    )
+    return got
+
+
 # ---------------------------------------------------------------------------------- the section
 
 
@@ -302,7 +348,6 @@ def v2_section(
     """Every server at concurrency 1 and 32 for each model, ``rounds`` times in turn; the ORT
     curve of as many sessions as the service runs side by side, for the efficiency."""
     from load_tests import runtime_bench as rb
-    from load_tests import serving as sv
     from service.runtime import RuntimeConfig
 
     tools = Tools.find()
@@ -338,56 +383,30 @@ def v2_section(
     ours = common.ours(models)
     peer, token = pytriton(tools, models, names, sessions, settings.max_batch, threads)
     pngs = common.digit_pngs(64)
-    rows = section["rows"]
-    with ours, peer:
-        for n in range(rounds):
-            for name in names:
-                for target in (DLZOO_V2, PYTRITON, CLASSIFY):
-                    for conc in CONCURRENCIES:
-                        base = {"server": target, "model": name, "concurrency": conc, "round": n}
-                        try:
-                            if target == CLASSIFY:
-                                (got,) = sv.sweep(
-                                    ours,
-                                    target,
-                                    [name],
-                                    pngs,
-                                    (conc,),
-                                    classify_warmup,
-                                    classify_duration,
-                                    True,
-                                )
-                                got = {k: v for k, v in got.items() if k not in base}
-                            else:
-                                server, headers = (
-                                    (ours, None) if target == DLZOO_V2 else (peer, token)
-                                )
-                                cpu0 = common.tree_cpu(server.proc.pid)
-                                got = run_perf_analyzer(
-                                    tools, server.url, name, conc, window_ms, headers
-                                )
-                                cpu1 = common.tree_cpu(server.proc.pid)
-                                got["server_cpu_ms_per_request"] = cpu_per_request(
-                                    cpu0, cpu1, got["inferences"]
-                                )
-                        except Exception as exc:
-                            log.exception("%s %s c=%d", target, name, conc)
-                            rows.append(
-                                {**base, "error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
-                            )
+    with ours:
+        section["peer_error"] = start_peer(peer)
+        try:
+            for n in range(rounds):
+                for name in names:
+                    for target in (DLZOO_V2, PYTRITON, CLASSIFY):
+                        if target == PYTRITON and section["peer_error"]:
                             continue
-                        got.pop("concurrency", None)
-                        rows.append({**base, **got})
-                        log.info(
-                            "%-22s %-9s c=%-3d %7.1f req/s  p50 %6.1f  p99 %6.1f ms  batch %s",
-                            target,
-                            name,
-                            conc,
-                            got["throughput"],
-                            got.get("p50_ms") or -1,
-                            got.get("p99_ms") or -1,
-                            round(got.get("mean_batch") or 0, 1) or "-",
-                        )
+                        server, headers = (peer, token) if target == PYTRITON else (ours, None)
+                        for conc in CONCURRENCIES:
+                            base = {"server": target, "model": name, "concurrency": conc}
+                            row = measure(
+                                tools,
+                                server,
+                                headers,
+                                target,
+                                name,
+                                conc,
+                                window_ms,
+                                (pngs, classify_warmup, classify_duration),
+                            )
+                            section["rows"].append({**base, "round": n, **row})
+        finally:
+            peer.stop()
     section["summary"] = summarize(section)
     return section
 
@@ -537,6 +556,8 @@ def render(results: dict, folder: Path) -> list[str]:
             f"{'–' if r.get('cpu_ms') is None else format(r['cpu_ms'], '.2f')} | {eff} | "
             f"{ratio('vs_pytriton')} | {ratio('vs_classify')} |"
         )
+    if sec.get("peer_error"):
+        out.append(f"\n> PyTriton did not start: {sec['peer_error'][:300]}")
     errors = [r for r in sec.get("rows", []) if "error" in r]
     for r in errors[:5]:
         out.append(f"\n> {r['server']} {r['model']} c={r['concurrency']}: {r['error'][:200]}")
