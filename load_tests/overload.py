@@ -59,7 +59,7 @@ def recovery_seconds(records: list[list], start: float, end: float, normal_p99_m
         late = b["accepted_p99_ms"] is not None and b["accepted_p99_ms"] > limit
         if late or b["refused"] or b["other"]:
             bad_until = t + 1.0
-    return bad_until - start
+    return float(bad_until - start)
 
 
 def measure(url: str, model: str, pngs, quick: bool) -> dict:
@@ -108,10 +108,12 @@ def measure(url: str, model: str, pngs, quick: bool) -> dict:
         "recovery_s": recovery,
         "client": {k: run[k] for k in ("dropped", "send_lag_p99_ms") if k in run},
         "met": {
-            "goodput": overload["goodput_per_s"] >= TARGETS["goodput"] * capacity,
-            "accepted_p99_ms": (overload["accepted_p99_ms"] or 0) <= TARGETS["accepted_p99_ms"],
-            "refused_p99_ms": (overload["refused_p99_ms"] or 0) <= TARGETS["refused_p99_ms"],
-            "recovery_s": recovery <= TARGETS["recovery_s"],
+            "goodput": bool(overload["goodput_per_s"] >= TARGETS["goodput"] * capacity),
+            "accepted_p99_ms": bool(
+                (overload["accepted_p99_ms"] or 0) <= TARGETS["accepted_p99_ms"]
+            ),
+            "refused_p99_ms": bool((overload["refused_p99_ms"] or 0) <= TARGETS["refused_p99_ms"]),
+            "recovery_s": bool(recovery <= TARGETS["recovery_s"]),
         },
     }
 

@@ -8,6 +8,7 @@ mistakes are 4xx whose message names the field. The Open Inference Protocol is s
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from typing import Annotated, Any, Literal
@@ -20,8 +21,16 @@ from PIL import Image
 from pydantic import Field
 from starlette.responses import StreamingResponse
 
-from service import auth, imaging, latent, pictures, seq2seq, sequence, v2
-from service.bentoml_compat import GetAsPost, Upload, fix_media_types, install_multipart
+from service import auth, drain, imaging, latent, pictures, playground, seq2seq, sequence, v2
+from service.admission import Admission
+from service.bentoml_compat import (
+    GetAsPost,
+    Upload,
+    fix_media_types,
+    install_error_answers,
+    install_multipart,
+    stop_listening,
+)
 from service.classify import Classifier, LocalClassifier, RemoteClassifier
 from service.errors import BadRequest, NotFoundError, Unprocessable, unwrap
 from service.events import server_sent_events, whole_answer
@@ -29,11 +38,13 @@ from service.inference import SETTINGS, Inference
 from service.live import FrontRepository
 from service.metrics import STAGE_SECONDS
 from service.middleware import BodyLimit, ConnectionMaxAge
+from service.openapi import OpenAPIDocument
 from service.repository import Catalog
 from service.schemas import (
     MAX_TRANSLATE_CHARS,
     GenerateRequest,
     InterpolateRequest,
+    ModelRef,
     SampleRequest,
     Scale,
     TranslateRequest,
@@ -42,12 +53,18 @@ from service.schemas import (
 from service.streams import GenerationRequest, StreamClient
 
 install_multipart()  # file fields take uploaded files only (never a URL), 400 for malformed forms
+install_error_answers()  # every error one JSON object, {"error": ...} (service/errors.py)
 ImageField = Annotated[Upload, Field(description="the image (PNG, JPEG, BMP, GIF, WebP, TIFF)")]
 
 
 @bentoml.asgi_app(v2.APP, path="/", name="v2")  # /v2/...: the Open Inference Protocol
+@bentoml.asgi_app(playground.APP, path="/", name="playground")  # /ui, card pictures
 @bentoml.service(
-    name="dlzoo", workers=SETTINGS.front_workers, traffic={"timeout": 60}, **SETTINGS.tracing()
+    name="dlzoo",
+    workers=SETTINGS.front_workers,
+    traffic={"timeout": 60},
+    service_class=playground.Service,  # Swagger UI at / links to the playground
+    **SETTINGS.tracing(),
 )
 class DLZoo:
     inference = bentoml.depends(Inference)
@@ -64,13 +81,26 @@ class DLZoo:
             self.classifier = RemoteClassifier(self.inference)
         self.live = FrontRepository(self.catalog, self.inference, SETTINGS.poll_seconds)
         self.streams = StreamClient(self.inference, SETTINGS.channel_seconds)
+        self.draining = False
 
     @bentoml.on_startup
     def _follow_repository(self) -> None:
         self.live.start()
 
+    @bentoml.on_startup
+    async def _drain_on_sigterm(self) -> None:
+        drain.on_sigterm(self._drain)
+
+    async def _drain(self, exit_server: drain.ExitServer) -> None:
+        """SIGTERM (service/drain.py): not ready, no new connections, in flight finishes."""
+        self.draining = True
+        stop_listening()
+        exit_server()
+        await asyncio.sleep(SETTINGS.drain_seconds)
+        self.streams.end_all(503, "the server is shutting down; generate again (another replica)")
+
     def __is_ready__(self) -> bool:
-        return self.live.synced  # /readyz also waits for the Inference service
+        return self.live.synced and not self.draining  # /readyz also waits for Inference
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -92,8 +122,10 @@ class DLZoo:
     async def classify(
         self,
         image: ImageField,
-        model: Annotated[str, Field(description="classifier name, or name@version")] = "lenet5",
-        top_k: Annotated[int, Field(description="how many classes to return (1..classes)")] = 5,
+        model: Annotated[str, ModelRef("classifier name, or name@version")] = "lenet5",
+        top_k: Annotated[
+            int, Field(description="how many classes to return (1..classes)", strict=True)
+        ] = 5,
     ) -> dict[str, Any]:
         """Classify one uploaded image (multipart/form-data)."""
         entry = self.catalog.resolve(model, ("classify",))
@@ -127,7 +159,7 @@ class DLZoo:
     async def reconstruct(
         self,
         image: ImageField,
-        model: Annotated[str, Field(description="a vae model, or name@version")] = "vae",
+        model: Annotated[str, ModelRef("a vae model, or name@version")] = "vae",
         format: Annotated[
             Literal["png", "json"],
             Field(description="png: input beside reconstruction; json: latent stats and arrays"),
@@ -225,7 +257,10 @@ class DLZoo:
                 f"text: must be 1 to {limit} characters for {entry.ref} (its card's "
                 f"max_source_len), got {len(r.text)}"
             )
+        if r.attention:
+            seq2seq.check_attention(entry.card)  # a graph exported before attention was: 422
         options = {"beam_width": r.beam_width, "num_return": num_return, "max_length": r.max_length}
+        options["attention"] = r.attention
         return unwrap(
             await self.inference.to_async.translate(model=entry.ref, text=r.text, **options)
         )
@@ -246,5 +281,12 @@ if SETTINGS.api_token is not None:
     DLZoo.add_asgi_middleware(
         auth.BearerAuth, token=SETTINGS.api_token, open_paths=SETTINGS.open_paths
     )
+# Past DLZOO_MAX_QUEUE model requests waiting in a worker: 503 at once (service/admission.py).
+MODEL_APIS = tuple(
+    api.route for api in DLZoo.apis.values() if api.route not in ("/models", "/admin/reload")
+)
+DLZoo.add_asgi_middleware(Admission, limit=SETTINGS.max_queue, apis=MODEL_APIS)
+open_paths = SETTINGS.open_paths if SETTINGS.api_token is not None else None
+DLZoo.add_asgi_middleware(OpenAPIDocument, service=DLZoo, open_paths=open_paths)  # /docs.json
 if SETTINGS.front_workers > 1:  # with one worker there is nowhere else for a connection to go
     DLZoo.add_asgi_middleware(ConnectionMaxAge, max_age=SETTINGS.connection_seconds)

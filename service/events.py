@@ -29,11 +29,18 @@ class StartEvent(BaseModel):
     unknown_chars: list[str]
 
 
+class Alternative(BaseModel):
+    text: str
+    probability: float
+
+
 class TokenEvent(BaseModel):
-    """A data event without a name: one generated token, as soon as it exists."""
+    """A data event without a name: one generated token, as soon as it exists; with
+    ``alternatives`` asked for, each released token's most likely characters, best first."""
 
     text: str
     index: int
+    alternatives: list[list[Alternative]] = []  # absent unless asked for
 
 
 class DoneEvent(BaseModel):
@@ -108,8 +115,11 @@ async def whole_answer(
                     raise error_for_status(event["status"], event["detail"])
                 if event["event"] == "done":
                     keep = ("model", "version", "provider", "seed", "unknown_chars")
-                    done = ("text", "tokens", "finish_reason", "timings_ms")
-                    return {**{k: start[k] for k in keep}, **{k: event[k] for k in done}}
+                    done = ("text", "tokens", "finish_reason", "timings_ms", "alternatives")
+                    return {
+                        **{k: start[k] for k in keep},
+                        **{k: event[k] for k in done if k in event},
+                    }
     finally:
         await close()
     raise error_for_status(502, "the inference service ended the generation without an answer")

@@ -185,7 +185,13 @@ class Inference:
 
     @bentoml.api
     def translate(
-        self, model: str, text: str, beam_width: int, num_return: int, max_length: int | None = None
+        self,
+        model: str,
+        text: str,
+        beam_width: int,
+        num_return: int,
+        max_length: int | None = None,
+        attention: bool = False,
     ) -> dict[str, Any]:
         """Greedy or beam-search decoding of one text (its length checked by the front)."""
         try:
@@ -198,7 +204,11 @@ class Inference:
         with self.catalog.hold(entry):
             t0 = time.perf_counter()
             out = translator.translate(
-                text, beam_width=beam_width, num_return=num_return, max_length=max_length
+                text,
+                beam_width=beam_width,
+                num_return=num_return,
+                max_length=max_length,
+                attention=attention,
             )
             seconds = time.perf_counter() - t0
         INFERENCE_SECONDS.labels(model=entry.ref, provider=entry.provider).observe(seconds)

@@ -51,9 +51,9 @@ FIRST_TOKEN_SECONDS = bentoml.metrics.Histogram(
 )
 REFUSED = bentoml.metrics.Counter(
     name="dlzoo_refused_requests",
-    documentation="requests refused at once with 503 because their model had DLZOO_MAX_QUEUE in "
-    "progress in the worker",
-    labelnames=["model"],
+    documentation="model requests refused at once with 503: DLZOO_MAX_QUEUE were waiting in the "
+    "worker (by API; /v2 for V2 inference)",
+    labelnames=["path"],
 )
 
 LAST_INFERENCE = bentoml.metrics.Gauge(

@@ -112,7 +112,9 @@ def document(service, open_paths: tuple[str, ...] | None) -> dict[str, Any]:
         schemas.pop(name, None)
     schemas["Error"] = ERROR_SCHEMA
     for model in STREAM_EVENTS.values():
-        schemas[model.__name__] = model.model_json_schema(ref_template=REF + "{model}")
+        schema = model.model_json_schema(ref_template=REF + "{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     fields = {
         api.route: api.input_spec.model_json_schema().get("properties", {})
         for api in service.apis.values()

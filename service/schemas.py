@@ -22,6 +22,7 @@ MAX_NEW_TOKENS = 2000
 MAX_TEMPERATURE = 5.0
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
+MAX_ALTERNATIVES = 10
 # seq2seq
 MAX_TRANSLATE_CHARS = 200
 MAX_BEAM_WIDTH = 16
@@ -102,6 +103,12 @@ class GenerateRequest(_Body):
         max_length=MAX_STOP_STRINGS,
         description="end where one of these first appears (not included)",
     )
+    alternatives: IntRange(
+        0,
+        MAX_ALTERNATIVES,
+        "with each token, this many most likely characters and their probabilities under the "
+        "model (softmax of the raw logits), best first; 0 = none",
+    ) = 0
 
 
 class SampleRequest(_Body):
@@ -140,3 +147,8 @@ class TranslateRequest(_Body):
     max_length: (
         IntRange(1, 1000, "output tokens at most (default: the card's max_target_len)") | None
     ) = None
+    attention: bool = Field(
+        False,
+        description="with each candidate, the decoder's attention weights: one row per output "
+        "token (<eos> included) over the source characters",
+    )

@@ -62,7 +62,7 @@ VARIABLES = (
     Variable(
         "DLZOO_MAX_QUEUE",
         "`128`",
-        "requests of one model in progress per HTTP worker; more are refused at once (503, "
+        "model requests waiting for an answer per HTTP worker; more are refused at once (503, "
         "`Retry-After`)",
     ),
     Variable(

@@ -121,6 +121,7 @@ class GenerationRequest:
     seed: int | None
     stop: list[str]
     tokens: bool  # False: only the end, with the whole text (/generate)
+    alternatives: int = 0  # with each token, this many most likely characters (0: none)
 
 
 class StreamHub:
@@ -181,6 +182,7 @@ class StreamHub:
             seed=request.seed,
             stop=request.stop,
             sampling=Sampling(request.temperature, request.top_k, request.top_p),
+            alternatives=request.alternatives,
         )
         stream.id, stream.sink = stream_id, channel
         self.catalog.acquire(entry)  # a stream ends on the version it began on
@@ -221,7 +223,10 @@ class StreamHub:
             FIRST_TOKEN_SECONDS.labels(model=ref).observe(stream.first_token - stream.created)
         tokens = stream.id not in self.quiet
         if tokens and event.error is None and (event.text or event.finish_reason is None):
-            lines.append(line(event="token", id=stream.id, text=event.text, index=event.index))
+            extra = {} if event.alternatives is None else {"alternatives": event.alternatives}
+            lines.append(
+                line(event="token", id=stream.id, text=event.text, index=event.index, **extra)
+            )
         if event.error is not None:
             lines.append(line(event="error", id=stream.id, status=500, detail=event.error))
         elif event.finish_reason is not None:
@@ -232,6 +237,10 @@ class StreamHub:
             }
             if not tokens:
                 done["text"] = stream.text
+                if stream.alternatives:  # the tokens of the answer's text, not a stop string's
+                    done["alternatives"] = [
+                        alts for end, alts in stream.choices if end <= len(stream.text)
+                    ]
             lines.append(line(event="done", id=stream.id, **done))
         if event.finish_reason is not None:
             self._ended(stream)

@@ -72,7 +72,7 @@ def _route(handler: Callable[[Request, object], Awaitable[Response]]):
             return await handler(request, bentoml.get_current_service())
         except ClientError as exc:
             return error(exc.status, str(exc))
-        except ServiceUnavailableError as exc:  # overloaded (DLZOO_MAX_LATENCY_MS), or draining
+        except ServiceUnavailableError as exc:  # overloaded, or the model failed to load
             return error(503, str(exc), headers={"retry-after": "1"})
         except Exception:
             log.exception("V2 %s %s failed", request.method, request.url.path)

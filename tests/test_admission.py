@@ -1,5 +1,5 @@
-"""Admission control (service/admission.py): past DLZOO_MAX_QUEUE requests of one model in a
-worker, a request is refused at once with 503 + Retry-After; everyone else is served."""
+"""Admission control (service/admission.py): past DLZOO_MAX_QUEUE model requests waiting in a
+worker, the next is refused at once with 503 + Retry-After; everyone else is served."""
 
 from __future__ import annotations
 
@@ -7,28 +7,53 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import pytest
 from conftest import Server
 
 from service.admission import Admission
-from service.errors import Overloaded
 
 DIGIT = (Path(__file__).resolve().parents[1] / "examples" / "digit.png").read_bytes()
 
 
-def test_admission_holds_at_most_the_limit_per_model():
-    admission = Admission(limit=2)
-    with admission.admit("lenet5"), admission.admit("lenet5"):
-        with pytest.raises(Overloaded, match="DLZOO_MAX_QUEUE") as refused:
-            with admission.admit("lenet5"):
-                pass
-        assert refused.value.status == 503
-        with admission.admit("mlp"):  # another model has its own places
-            assert admission.active == {"lenet5": 2, "mlp": 1}
-    assert not admission.active
-    with pytest.raises(RuntimeError), admission.admit("lenet5"):  # a failure gives its place back
-        raise RuntimeError
-    assert not admission.active
+def test_admission_lets_limit_wait_and_refuses_the_next_at_once():
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def app(scope, receive, send):  # answers when the gate opens; streams begin first
+            if scope["path"] == "/generate_stream":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+            await gate.wait()
+            if scope["path"] != "/generate_stream":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        door = Admission(app, limit=2, apis=("/classify", "/generate_stream"))
+
+        async def call(path):
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "path": path, "method": "POST", "headers": []}
+            await door(scope, None, send)
+            return sent[0]["status"], dict(sent[0]["headers"])
+
+        stream = asyncio.create_task(call("/generate_stream"))  # flows: no longer waiting
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(call("/classify")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert door.waiting == 2
+        status, headers = await asyncio.wait_for(call("/classify"), 1)  # refused at once
+        assert status == 503 and headers[b"retry-after"] == b"1"
+        other = asyncio.create_task(call("/models"))  # not a model API: never refused
+        await asyncio.sleep(0.01)
+        assert not other.done()
+        gate.set()
+        assert [(await t)[0] for t in waiting] == [200, 200] and (await stream)[0] == 200
+        assert (await other)[0] == 200
+        assert door.waiting == 0
+
+    asyncio.run(scenario())
 
 
 async def _burst(url: str, count: int) -> list[httpx.Response]:
@@ -51,5 +76,9 @@ def test_a_burst_past_the_queue_gets_fast_503s_and_the_rest_answers(model_repo):
         files = {"image": ("d.png", DIGIT, "image/png")}
         assert httpx.post(srv.url + "/classify", files=files, timeout=60).status_code == 200
         metrics = httpx.get(srv.url + "/metrics").text
-        refused = [line for line in metrics.splitlines() if "dlzoo_refused_requests_total{" in line]
+        refused = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('dlzoo_refused_requests_total{path="/classify"}')
+        ]
         assert refused and float(refused[0].split()[-1]) == statuses.count(503), refused
