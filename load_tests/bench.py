@@ -13,7 +13,9 @@ Sections (``--sections``, default all): runtime (ORT vs PyTorch in process), cei
 GFLOP/s and ResNet-50's fraction of it), serving (closed-loop sweeps: ours with batching on and
 off, the naive baseline, LitServe; the Poisson search; cold start; generation and quality through
 HTTP on our server while it is up), v2 (the Open Inference Protocol under Triton's perf_analyzer:
-ours against Triton through PyTriton, with /classify beside them; load_tests/v2_bench.py).
+ours against Triton through PyTriton, with /classify beside them; load_tests/v2_bench.py),
+overload (Poisson arrivals at twice the capacity: admission control; load_tests/overload.py), fuzz
+(schemathesis, every check, longer than make test's; load_tests/fuzz.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads anywhe
 from load_tests import common
 
 log = logging.getLogger("bench")
-SECTIONS = ("runtime", "ceiling", "serving", "v2")
+SECTIONS = ("runtime", "ceiling", "serving", "v2", "overload", "fuzz")
 SERVED = ("lenet5", "resnet18")
 
 
@@ -424,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
                 plan.curve_budget,
             ),
         )
+    if "overload" in chosen:
+        from load_tests import overload
+
+        run("overload", lambda: overload.section(args.models, args.quick))
+    if "fuzz" in chosen:
+        from load_tests import fuzz
+
+        run("fuzz", lambda: fuzz.section(args.models, 50 if args.quick else 200))
     results["machine"]["load_average_end"] = os.getloadavg()
     save()
     log.info("results: %s (%.0f s)", path, results["elapsed_s"])

@@ -7,14 +7,14 @@ open-loop Poisson run (load_tests.loadgen) with no gap between its phases: half 
 normal latency), twice the capacity (the overload), half again (the recovery). Targets: goodput
 under overload >= 80% of the capacity, p99 of the accepted requests <= 1 s, every refusal (503)
 answered in <= 50 ms at p99, and latency back to normal within 5 s of the overload's end.
-Results: load_tests/results/<timestamp>-overload.json, rendered into BENCHMARKS.md by report.py.
+`make bench` runs it as its "overload" section; run alone, it writes
+load_tests/results/<timestamp>-overload.json and prints its table.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +118,20 @@ def measure(url: str, model: str, pngs, quick: bool) -> dict:
     }
 
 
-def render(results: Path) -> list[str]:
-    """The latest overload run as a BENCHMARKS.md section, if there is one."""
-    runs = sorted(results.glob("*-overload.json"))
-    if not runs:
+def section(models: Path, quick: bool, model: str = "lenet5") -> dict:
+    """The measurement against a server with its defaults (``make bench``'s overload section)."""
+    from service.settings import Settings
+
+    with common.ours(models) as server:
+        result = measure(server.url, model, common.digit_pngs(64), quick)
+    result["max_queue"] = Settings.from_env().max_queue
+    return result
+
+
+def render(r: dict | None, source: str) -> list[str]:
+    """An overload result as a BENCHMARKS.md section (none: nothing)."""
+    if not r:
         return []
-    r = json.loads(runs[-1].read_text())
     o, n = r["overload"], r["normal"]
 
     def ms(x):
@@ -135,7 +143,7 @@ def render(results: Path) -> list[str]:
     return [
         "## Overload: admission control",
         "",
-        f"`python -m load_tests.overload` ([{runs[-1].name}](load_tests/results/{runs[-1].name}), "
+        f"`python -m load_tests.overload` ({source}, "
         f"{r['model']}, the server's defaults, `DLZOO_MAX_QUEUE` {r.get('max_queue', '?')}): "
         f"closed-loop capacity {r['capacity_per_s']:.0f} req/s (32 clients); then open-loop "
         f"Poisson arrivals at half of it ({r['rates']['normal']:.0f}/s, p50 "
@@ -165,18 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="lenet5")
     p.add_argument("--quick", action="store_true", help="shorter phases (~1 min)")
     args = p.parse_args(argv)
-    from service.settings import Settings
-
-    pngs = common.digit_pngs(64)
-    with common.ours(args.models) as server:
-        result = measure(server.url, args.model, pngs, args.quick)
-    result["max_queue"] = Settings.from_env().max_queue
+    result = section(args.models, args.quick, args.model)
     result["machine"] = common.machine()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = common.RESULTS / f"{stamp}-overload.json"
     common.write_json(path, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
-    print(f"results: {path}")
+    print("\n".join(render(result, path.name)))
     return 0 if all(result["met"].values()) else 1
 
 
