@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], drawn: false };
+const state = { models: [], drawn: false, token: sessionStorage.getItem("dlzoo-token") };
 
 // --- HTTP ---------------------------------------------------------------------------------------
 
@@ -22,6 +22,7 @@ async function errorText(resp) {
 
 async function api(path, { json, form, method = "POST", signal } = {}) {
   const init = { method, signal, headers: {} };
+  if (state.token) init.headers.authorization = `Bearer ${state.token}`; // DLZOO_API_TOKEN
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["content-type"] = "application/json";
@@ -29,8 +30,26 @@ async function api(path, { json, form, method = "POST", signal } = {}) {
     init.body = form;
   }
   const resp = await fetch(path, init);
+  if (resp.status === 401) {
+    $("token-form").hidden = false;
+    throw new ApiError("401: this server needs its API token (enter it at the top of the page)");
+  }
   if (!resp.ok) throw new ApiError(`${resp.status}: ${await errorText(resp)}`);
   return resp;
+}
+
+function setupToken() {
+  $("token-form").hidden = !state.token;
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("token").value.trim() || null;
+    if (state.token) sessionStorage.setItem("dlzoo-token", state.token);
+    else sessionStorage.removeItem("dlzoo-token");
+    loadModels().then(() => {
+      sample();
+      loadPath();
+    });
+  });
 }
 
 function say(id, text, isError = false) {
@@ -132,8 +151,10 @@ async function loadPictures(m, into) {
   try {
     const names = await (await api(base, { method: "GET" })).json();
     for (const name of names) {
-      const img = el("img", { src: `${base}/${encodeURIComponent(name)}`, alt: `${m.name}@${m.version}: ${name.replace(/\.png$/, "").replace(/_/g, " ")}`, loading: "lazy" });
-      into.append(el("figure", {}, el("a", { href: img.getAttribute("src") }, img), el("figcaption", { text: name })));
+      // fetched rather than linked, so that an API token goes along
+      const img = el("img", { alt: `${m.name}@${m.version}: ${name.replace(/\.png$/, "").replace(/_/g, " ")}` });
+      into.append(el("figure", {}, img, el("figcaption", { text: name })));
+      blobUrl(img, await (await api(`${base}/${encodeURIComponent(name)}`, { method: "GET" })).blob());
     }
   } catch (e) {
     into.append(el("p", { class: "error", text: `pictures: ${e.message}` }));
@@ -489,13 +510,11 @@ function heatmap(attention) {
   const visible = (c) => (c === " " ? "␣" : c);
   for (const c of attention.source) head.append(el("th", { scope: "col", text: visible(c) }));
   const body = el("tbody");
-  // shade relative to the largest weight: an untrained model spreads its attention evenly
-  const top = Math.max(1e-6, ...attention.weights.flat());
   attention.weights.forEach((row, i) => {
     const tr = el("tr", {}, el("th", { scope: "row", text: visible(attention.output[i]) }));
     row.forEach((w, j) => {
       const td = el("td", { title: `${attention.output[i]} ← ${attention.source[j]}: ${w.toFixed(3)}`, "data-w": String(w) });
-      td.style.setProperty("--w", String(w / top));
+      td.style.setProperty("--w", String(Math.sqrt(w))); // a square-root scale shows small weights
       td.textContent = w >= 0.1 ? w.toFixed(1).replace(/^0/, "") : "";
       tr.append(td);
     });
@@ -621,6 +640,7 @@ function setupLatent() {
 // --- start --------------------------------------------------------------------------------------
 
 async function main() {
+  setupToken();
   setupPad();
   setupGenerate();
   setupLatent();
