@@ -124,6 +124,11 @@ def test_ratios_are_medians_of_same_round_ratios_and_efficiency_uses_the_formed_
     }
 
 
+def test_the_in_process_curve_is_the_best_of_its_measurements():
+    got = v2_bench.best_curve([{"m": {1: 100.0, 8: 900.0}}, {"m": {1: 150.0, 8: 600.0}}])
+    assert got == {"m": {1: 150.0, 8: 900.0}}
+
+
 def test_report_shows_this_run_or_the_newest_run_that_measured_v2(tmp_path):
     older = {"timestamp": "20260101T000000Z", "sections": {"v2": _section()}}
     (tmp_path / "20260101T000000Z.json").write_text(json.dumps(older))
