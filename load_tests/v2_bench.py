@@ -321,6 +321,8 @@ def measure(tools, server, headers, target, name, conc, window_ms, classify) -> 
     except Exception as exc:
         log.exception("%s %s c=%d", target, name, conc)
         return {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+    if "throughput" not in got:  # the sweep records a failed run as a row with its error
+        return {"error": str(got.get("error", "no figures"))[-300:]}
     log.info(
         "%-22s %-9s c=%-3d %7.1f req/s  p50 %6.1f  p99 %6.1f ms  batch %s",
         target,
