@@ -22,7 +22,7 @@ from pathlib import Path
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.card import NAME_PATTERN
@@ -47,6 +47,11 @@ def not_found(message: str) -> Response:
 
 async def page(_: Request) -> Response:
     return FileResponse(UI / "index.html", media_type="text/html; charset=utf-8", headers=NO_CACHE)
+
+
+async def to_page(_: Request) -> Response:
+    """``/ui/`` -> ``/ui`` (relative, so a path prefix stays): the page's links are relative."""
+    return RedirectResponse("../ui", status_code=308)
 
 
 async def asset(request: Request) -> Response:
@@ -88,6 +93,7 @@ async def picture(request: Request) -> Response:
 
 ROUTES = [
     Route("/ui", page, methods=["GET"]),
+    Route("/ui/", to_page, methods=["GET"]),
     Route("/ui/{file}", asset, methods=["GET"]),
     Route("/models/{name}/{version:int}/pictures", picture_list, methods=["GET"]),
     Route("/models/{name}/{version:int}/pictures/{file}", picture, methods=["GET"]),

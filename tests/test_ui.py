@@ -171,6 +171,8 @@ def test_page_is_served_offline_and_linked_from_swagger(ui_server):
         body = httpx.get(f"{ui_server.url}/ui/{asset}").text
         assert "http://" not in body and "https://" not in body, f"{asset} fetches nothing else"
     assert httpx.get(ui_server.url + "/ui/secret.txt").status_code == 404
+    slash = httpx.get(ui_server.url + "/ui/", follow_redirects=True)
+    assert slash.status_code == 200 and str(slash.url) == ui_server.url + "/ui"
     spec = httpx.get(ui_server.url + "/docs.json").json()
     assert "](./ui)" in spec["info"]["description"], "Swagger UI at / links to the playground"
 
@@ -401,6 +403,23 @@ def test_the_whole_page_screenshot_and_a_phone_width(ui):
         # 256 colours: a third of the bytes, for the README's copy
         page.convert("RGB").quantize(colors=256).save(SHOTS / "page.png", optimize=True)
     assert (SHOTS / "page.png").stat().st_size > 10_000
+
+
+def test_swagger_ui_at_the_root_links_to_the_page(browser, ui_server):
+    """BentoML's Swagger UI at / (its own page: it asks the internet for badges, so its console is
+    not this test's business) shows the link, and the link opens the playground (in a new tab, as
+    Swagger UI opens the links of a description)."""
+    browser.get(ui_server.url + "/")
+    wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "a[href='./ui']"), what="it")
+    home = browser.current_window_handle
+    browser.find_element(By.CSS_SELECTOR, "a[href='./ui']").click()  # Swagger UI: a new tab
+    wait_for(browser, lambda: len(browser.window_handles) == 2, what="the playground's tab")
+    browser.switch_to.window([h for h in browser.window_handles if h != home][0])
+    wait_for(browser, lambda: browser.current_url == ui_server.url + "/ui", what="the playground")
+    wait_for(browser, lambda: browser.execute_script("return document.body.dataset.ready"))
+    browser.close()
+    browser.switch_to.window(home)
+    browser.get_log("browser")  # read: not checked
 
 
 def test_with_an_api_token_the_page_asks_for_it_and_sends_it(browser, ui_repo):
