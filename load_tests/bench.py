@@ -414,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     if "v2" in chosen:
         from load_tests import v2_bench
 
+        def v2_progress(section: dict) -> None:
+            sections["v2"] = section
+            save()
+
         run(
             "v2",
             lambda: v2_bench.v2_section(
@@ -424,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan.warmup,
                 plan.duration,
                 plan.curve_budget,
+                v2_progress,
             ),
         )
     if "overload" in chosen:

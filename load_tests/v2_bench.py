@@ -347,9 +347,11 @@ def v2_section(
     classify_warmup: float,
     classify_duration: float,
     curve_budget: float,
+    progress=None,
 ) -> dict:
     """Every server at concurrency 1 and 32 for each model, ``rounds`` times in turn; the ORT
-    curve of as many sessions as the service runs side by side, for the efficiency."""
+    curve of as many sessions as the service runs side by side, for the efficiency. ``progress``
+    is called with the section after every measurement (the bench saves it)."""
     from load_tests import runtime_bench as rb
     from service.runtime import RuntimeConfig
 
@@ -410,6 +412,8 @@ def v2_section(
                                 (pngs, classify_warmup, classify_duration),
                             )
                             section["rows"].append({**base, "round": n, **row})
+                            if progress:
+                                progress(section)
         finally:
             peer.stop()
     curves.append(curve())
@@ -492,7 +496,7 @@ def summarize(section: dict) -> list[dict]:
 def targets(section: dict) -> list[dict]:
     """The issue's targets, at 32 clients, per model: target, measured, met."""
     out = []
-    for row in section.get("summary", []):
+    for row in section.get("summary") or summarize(section):
         if row["server"] != DLZOO_V2 or row["concurrency"] != max(CONCURRENCIES):
             continue
         m = row["model"]
@@ -566,7 +570,7 @@ def render(results: dict, folder: Path) -> list[str]:
         "efficiency | V2 / PyTriton | V2 / /classify |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sec.get("summary", []):
+    for r in sec.get("summary") or summarize(sec):
         ratio = lambda k, r=r: "–" if r.get(k) is None else f"{r[k]:.2f}x"  # noqa: E731
         eff = "–" if r.get("efficiency") is None else f"{r['efficiency']:.2f}"
         unstable = "" if r.get("stable", True) else " (unstable)"
