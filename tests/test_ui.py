@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import ROOT, Server
 from PIL import Image
@@ -244,8 +246,13 @@ def test_models_panel_lists_every_version_with_its_card_and_pictures(ui):
 
 
 def test_a_stroke_on_the_canvas_shows_a_top1_label_and_bars(ui):
-    driver, _, _ = ui
+    """Keys, a file and pointer strokes; the bars follow a stroke while it is drawn."""
+    driver, network, _ = ui
     from selenium.webdriver.common.action_chains import ActionChains
+
+    def classified() -> int:
+        network.read()
+        return sum(url.endswith("/classify") for url, _ in network.responses)
 
     Select(driver.find_element(By.ID, "classify-model")).select_by_value("lenet5")
     pad = driver.find_element(By.ID, "pad")
@@ -255,10 +262,19 @@ def test_a_stroke_on_the_canvas_shows_a_top1_label_and_bars(ui):
     wait_for(driver, lambda: text(driver, "classify-top1") != "", what="a label for keys")
     driver.find_element(By.ID, "pad-clear").click()
     assert text(driver, "classify-top1") == ""
-    # a "7": across the top, then down to the bottom left (offsets from the canvas's centre)
-    chain = ActionChains(driver).move_to_element_with_offset(pad, -60, -80).click_and_hold()
-    for x, y in [(-20, -80), (20, -80), (60, -80), (40, -30), (20, 20), (0, 70), (-10, 100)]:
+    # the file picker: the README's example digit, a 3, which the trained lenet5 gets right
+    driver.find_element(By.ID, "classify-file").send_keys(str(ROOT / "examples" / "digit.png"))
+    wait_for(driver, lambda: text(driver, "classify-top1").startswith("3 "), what="a 3")
+    driver.find_element(By.ID, "pad-clear").click()
+    # a "0": an oval around the canvas's centre (offsets from it), pausing along the way as a
+    # hand does: each pause longer than the page's debounce
+    oval = [(round(55 * math.sin(a)), round(-90 * math.cos(a))) for a in np.linspace(0, 6.4, 17)]
+    before = classified()
+    chain = ActionChains(driver).move_to_element_with_offset(pad, *oval[0]).click_and_hold()
+    for i, (x, y) in enumerate(oval[1:]):
         chain.move_to_element_with_offset(pad, x, y)
+        if i % 3 == 0:
+            chain.pause(0.4)
     chain.release().perform()
     labels = [str(i) for i in range(10)]
     wait_for(driver, lambda: text(driver, "classify-top1") != "", what="a top-1 label")
@@ -271,6 +287,7 @@ def test_a_stroke_on_the_canvas_shows_a_top1_label_and_bars(ui):
     ]
     assert widths[0] > 0 and widths == sorted(widths, reverse=True), widths
     assert "lenet5@1" in text(driver, "classify-status")
+    wait_for(driver, lambda: classified() - before >= 3, what="answers during the stroke")
     shoot(driver, "classify", "classify")
 
 

@@ -205,6 +205,7 @@ function clearPad() {
   pad.ctx.fillStyle = "#fff";
   pad.ctx.fillRect(0, 0, pad.canvas.width, pad.canvas.height);
   state.drawn = false;
+  $("classify-file").value = "";
   $("classify-top1").textContent = "";
   $("classify-bars").replaceChildren();
 }
@@ -234,6 +235,7 @@ function setupPad() {
   pad.ctx = pad.canvas.getContext("2d");
   clearPad();
   pad.canvas.addEventListener("pointerdown", (e) => {
+    $("classify-file").value = ""; // the bars are the drawing's from now on
     pad.down = true;
     pad.last = padPoint(e);
     pad.canvas.setPointerCapture(e.pointerId);
