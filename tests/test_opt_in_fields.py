@@ -16,6 +16,8 @@ import torch
 from conftest import Server
 
 from service.card import sha256_file
+from service.sampling import Sampling, Vocab
+from service.sequence import Stream
 from training.data import dates as dates_data
 from training.loop import load_checkpoint
 from training.tasks import rebuild
@@ -78,6 +80,37 @@ def sse(lines) -> list[tuple[str, dict]]:
 
 
 # --- alternatives ---------------------------------------------------------------------------------
+
+
+def test_held_back_characters_release_their_own_alternatives_and_a_stop_strings_none():
+    """Plain functions: greedy steps forced through "c x a c a b" with stop strings "ab" and "xq".
+    "x" is held (it may begin "xq"), then released with "a" held in its turn; "ab" ends it."""
+    vocab = Vocab(["<unk>", "a", "b", "x", "q", "c"], {"unk": 0})
+    stream = Stream(
+        prompt=[5],
+        state=np.zeros((1, 1), np.float32),
+        vocab=vocab,
+        sampling=Sampling(temperature=0),
+        max_new_tokens=20,
+        seed=0,
+        stop=("ab", "xq"),
+        alternatives=2,
+    )
+    events = []
+    for char in "cxacab":
+        logits = np.zeros(6, np.float32)
+        logits[vocab.index[char]] = 3.0
+        events.append(stream.take(logits, np.zeros((1, 1), np.float32)))
+    assert [e.text for e in events] == ["c", "", "x", "ac", "", ""]
+    assert events[-1].finish_reason == "stop" and stream.text == "cxac"
+    for e in events:
+        if e.text:  # each released character with its own step's alternatives, argmax first
+            assert "".join(alts[0]["text"] for alts in e.alternatives) == e.text
+            assert all(len(alts) == 2 for alts in e.alternatives)
+        else:
+            assert e.alternatives is None
+    top = events[0].alternatives[0][0]["probability"]
+    assert abs(top - np.exp(3) / (np.exp(3) + 5)) < 1e-6, "softmax of the raw logits"
 
 
 def test_alternatives_are_each_tokens_most_likely_characters_best_first(http):
