@@ -99,10 +99,16 @@ class Tools:
         return None
 
     def version(self) -> str:
+        """``perf_analyzer --version`` (which sometimes prints nothing into a pipe), else the
+        version of the tritonclient wheel it came in."""
         out = subprocess.run(
             [str(self.perf_analyzer), "--version"], env=self.env(), capture_output=True, text=True
         )
-        return out.stdout.strip()
+        if out.stdout.strip():
+            return out.stdout.strip()
+        wheels = sorted(self.python.parent.parent.glob("lib/python3*/site-packages/tritonclient-*"))
+        found = wheels[-1].name.split("-")[1].removesuffix(".dist") if wheels else "?"
+        return f"perf_analyzer of tritonclient {found}"
 
     def env(self) -> dict[str, str]:
         paths = [str(self.cuda_lib)] if self.cuda_lib else []
@@ -510,12 +516,28 @@ def targets(section: dict) -> list[dict]:
                     }
                 )
         if row.get("efficiency") is not None:
+            measured = (
+                f"{row['efficiency']:.2f} ({row['throughput']:.0f} req/s over "
+                f"{row['ort_items_per_s']:.0f}/s in process at batch {row['mean_batch']:.1f})"
+            )
+            met = row["efficiency"] >= TARGET_EFFICIENCY
+            over = [  # a server above 1: the in-process figure was held down by other work
+                r
+                for r in section.get("summary") or summarize(section)
+                if (r["model"], r["concurrency"]) == (m, row["concurrency"])
+                and (r.get("efficiency") or 0) > 1
+            ]
+            if over:
+                measured += (
+                    f"; not judged: {over[0]['server']} served {over[0]['efficiency']:.2f}x that "
+                    "figure, so the in-process measurement was held down by other work"
+                )
+                met = None
             out.append(
                 {
                     "target": f"{m}: V2 serving efficiency >= {TARGET_EFFICIENCY}",
-                    "measured": f"{row['efficiency']:.2f} ({row['throughput']:.0f} req/s over "
-                    f"{row['ort_items_per_s']:.0f}/s in process at batch {row['mean_batch']:.1f})",
-                    "met": row["efficiency"] >= TARGET_EFFICIENCY,
+                    "measured": measured,
+                    "met": met,
                 }
             )
     return out
@@ -557,7 +579,8 @@ def render(results: dict, folder: Path) -> list[str]:
     if stamp != results.get("timestamp"):
         out += [f"*From the run {stamp} (`--sections v2`), the newest that measured it.*", ""]
     out += [
-        f"`{sec['perf_analyzer']}` against dlzoo's `/v2/models/{{m}}/infer` and a Triton server "
+        f"`{sec.get('perf_analyzer') or 'perf_analyzer'}` against dlzoo's "
+        "`/v2/models/{m}/infer` and a Triton server "
         "(PyTriton) serving the same ONNX graph; `/classify` on the same dlzoo server beside them. "
         f"{sec['note']} Medians of {sec['rounds']} round(s) taken in turn; the ratios are medians "
         "of same-round ratios. Batch: rows per ONNX call the server formed (its own Triton "
@@ -588,7 +611,8 @@ def render(results: dict, folder: Path) -> list[str]:
         out.append(f"\n> {r['server']} {r['model']} c={r['concurrency']}: {r['error'][:200]}")
     out += ["", "| target | measured | met |", "|---|---|---|"]
     for t in targets(sec):
-        out.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
+        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        out.append(f"| {t['target']} | {t['measured']} | {met} |")
     return out + [""]
 
 

@@ -124,6 +124,14 @@ def test_ratios_are_medians_of_same_round_ratios_and_efficiency_uses_the_formed_
     }
 
 
+def test_efficiency_is_not_judged_when_a_server_beats_the_in_process_figure():
+    section = _section()
+    section["curve_parallel"] = {"resnet18": {1: 100.0, 8: 400.0, 16: 500.0}}  # a busy machine
+    section["summary"] = v2_bench.summarize(section)
+    (eff,) = [t for t in v2_bench.targets(section) if "efficiency" in t["target"]]
+    assert eff["met"] is None and "not judged: dlzoo V2 binary served 2.00x" in eff["measured"]
+
+
 def test_the_in_process_curve_is_the_best_of_its_measurements():
     got = v2_bench.best_curve([{"m": {1: 100.0, 8: 900.0}}, {"m": {1: 150.0, 8: 600.0}}])
     assert got == {"m": {1: 150.0, 8: 900.0}}
