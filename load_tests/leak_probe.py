@@ -9,6 +9,12 @@ Each revision runs from a temporary ``git worktree`` (as ``load_tests.ab`` does)
 front worker to the Inference service) and polling off; closed-loop clients classify for
 ``--seconds``. The server's RSS by process is read every 5 s; the figures compare the reading at
 10 s (past start-up) with the last. Prints one markdown row per revision.
+
+``--trace`` also runs tracemalloc inside each Inference process (a ``sitecustomize`` put on the
+server's ``PYTHONPATH``; it slows that process several times): the allocation sites that grew most
+between a snapshot 10 s into the load and one at its end, and the count of live event-loop timers
+and futures then, are printed and kept in the results (its RSS figures mean little then). That is
+how the timer every request left behind was found (load_tests/FINDINGS.md, session 5).
 """
 
 from __future__ import annotations
@@ -26,11 +32,53 @@ from load_tests import common
 from load_tests.ab import worktree
 from load_tests.soak_repository import Clients, rss_by_process
 
+# Runs at start-up in every Python process the server starts; acts only in the Inference worker.
+TRACER = """
+import os, sys, threading, time
 
-def probe(root: Path, models: Path, seconds: float, clients: int) -> dict:
-    """Run one revision's server under load; RSS (MB) by process every 5 s, and the requests."""
+if "--service-name dlzoo-inference" in " ".join(sys.argv):
+    import gc, tracemalloc
+
+    tracemalloc.start(8)
+
+    def _when(name):  # the probe creates the file when it is time
+        while not os.path.exists(os.path.join(os.environ["DLZOO_TRACE"], name)):
+            time.sleep(0.2)
+
+    def _snapshots():
+        _when("start")
+        gc.collect()
+        base = tracemalloc.take_snapshot()
+        _when("stop")
+        gc.collect()
+        grown = tracemalloc.take_snapshot().compare_to(base, "traceback")[:8]
+        live = {}
+        for o in gc.get_objects():
+            name = type(o).__name__
+            if name in ("TimerHandle", "UVTimer", "Future", "Context"):
+                live[name] = live.get(name, 0) + 1
+        lines = [f"live {k}: {v}" for k, v in sorted(live.items())]
+        for stat in grown:
+            frames = " <- ".join(str(f) for f in reversed(stat.traceback[-3:]))
+            lines.append(f"{stat.size_diff / 1024:.0f} KiB, {stat.count_diff} blocks: {frames}")
+        out = os.path.join(os.environ["DLZOO_TRACE"], "inference.txt")
+        with open(out + ".tmp", "w") as f:
+            f.write("\\n".join(lines) + "\\n")
+        os.replace(out + ".tmp", out)
+
+    threading.Thread(target=_snapshots, daemon=True).start()
+"""
+
+
+def probe(root: Path, models: Path, seconds: float, clients: int, trace: Path | None) -> dict:
+    """Run one revision's server under load; RSS (MB) by process every 5 s, and the requests;
+    with ``trace`` (a folder), tracemalloc's findings in the Inference process."""
     server = common.ours(models, env={"DLZOO_CLASSIFY_IN": "inference", "DLZOO_POLL_SECONDS": "0"})
     server.root = root
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        (trace / "sitecustomize.py").write_text(TRACER)
+        server.env.update(PYTHONPATH=f"{root}:{trace}", DLZOO_TRACE=str(trace))
     image = common.digit_pngs(1)[0][0]
     readings: list[tuple[float, int, dict[str, float]]] = []
     with server, Clients(server.url, image, clients) as load:
@@ -39,6 +87,13 @@ def probe(root: Path, models: Path, seconds: float, clients: int) -> dict:
             time.sleep(5)
             done = sum(load.statuses.values())
             readings.append((round(elapsed, 1), done, rss_by_process(server.proc.pid)))
+            if trace is not None and len(readings) == 2:
+                (trace / "start").touch()  # 10 s into the load
+        if trace is not None:
+            (trace / "stop").touch()
+            deadline = time.monotonic() + 120
+            while not (trace / "inference.txt").is_file() and time.monotonic() < deadline:
+                time.sleep(1)
     first, last = readings[min(2, len(readings) - 1)], readings[-1]  # from 10 s: past start-up
     requests = last[1] - first[1]
     rows = {}
@@ -53,7 +108,9 @@ def probe(root: Path, models: Path, seconds: float, clients: int) -> dict:
             "last_mb": round(mb, 1),
             "kb_per_1000_requests": round((mb - start) * 1024 / max(requests, 1) * 1000, 1),
         }
+    found = trace / "inference.txt" if trace is not None else None
     return {
+        "tracemalloc": found.read_text().splitlines() if found and found.is_file() else None,
         "statuses": {str(k): v for k, v in load.statuses.items()},
         "requests_between_readings": requests,
         "seconds_between_readings": round(last[0] - first[0], 1),
@@ -78,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=80.0, help="load per revision (default 80)")
     p.add_argument("--clients", type=int, default=4, help="closed-loop clients (default 4)")
     p.add_argument("--models", type=Path, default=common.ROOT / "models", help="has lenet5")
+    p.add_argument(
+        "--trace", action="store_true", help="tracemalloc in the Inference process (module doc)"
+    )
     args = p.parse_args(argv)
     latest = common.latest_version(args.models, "lenet5")
     if latest is None:
@@ -92,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     try:
         for label, root in roots.items():
-            results[label] = probe(root, models, args.seconds, args.clients)
+            trace = tmp / f"trace-{len(results)}" if args.trace else None
+            results[label] = probe(root, models, args.seconds, args.clients, trace)
             print(label, json.dumps(results[label]["processes"]), flush=True)
+            for line in results[label]["tracemalloc"] or []:
+                print(f"  {line}", flush=True)
     finally:
         for root in roots.values():
             if root != common.ROOT:
