@@ -396,3 +396,23 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
     tmp.replace(path)
+
+
+def latest_section(
+    results: dict, folder: Path, name: str, usable=bool
+) -> tuple[dict | None, str | None]:
+    """This run's section ``name`` (whatever it says), else the newest results file in ``folder``
+    with a usable one (a run of other sections keeps showing the last figures), and the timestamp
+    it is from."""
+    sec = results.get("sections", {}).get(name)
+    if sec:
+        return sec, results.get("timestamp")
+    for path in sorted(Path(folder).glob("*.json"), reverse=True):
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        sec = other.get("sections", {}).get(name) if isinstance(other, dict) else None
+        if sec and usable(sec):
+            return sec, other.get("timestamp")
+    return None, None

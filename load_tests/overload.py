@@ -51,13 +51,14 @@ def phase(records: list[list], start: float, end: float) -> dict:
 
 def recovery_seconds(records: list[list], start: float, end: float, normal_p99_ms: float) -> float:
     """Seconds after ``start`` until every later one-second bin's p99 (answered requests) is back
-    within twice the normal p99 (at least +20 ms) with nothing refused."""
+    within twice the normal p99 (at least +20 ms), with at most 1% refused and no other error."""
     limit = max(2 * normal_p99_ms, normal_p99_ms + 20)
     bad_until = start
     for t in np.arange(start, end, 1.0):
         b = phase(records, t, t + 1.0)
         late = b["accepted_p99_ms"] is not None and b["accepted_p99_ms"] > limit
-        if late or b["refused"] or b["other"]:
+        refusing = b["refused"] > 0.01 * max(1, b["ok"] + b["refused"])
+        if late or refusing or b["other"]:
             bad_until = t + 1.0
     return float(bad_until - start)
 
@@ -128,7 +129,7 @@ def section(models: Path, quick: bool, model: str = "lenet5") -> dict:
     return result
 
 
-def render(r: dict | None, source: str) -> list[str]:
+def render(r: dict | None, source: str | None) -> list[str]:
     """An overload result as a BENCHMARKS.md section (none: nothing)."""
     if not r:
         return []

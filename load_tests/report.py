@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from load_tests import fuzz, overload, v2_bench
+from load_tests import common, fuzz, overload, v2_bench
 from load_tests.common import ROOT
 from load_tests.soak import section as locust_soak_section
 
@@ -702,8 +702,9 @@ def render(r: dict, results_path: Path, plot_path: Path | None, report_path: Pat
             ]
 
     out += v2_bench.render(r, Path(results_path).parent)
-    out += overload.render(r["sections"].get("overload"), Path(results_path).name)
-    out += fuzz.render(r["sections"].get("fuzz"))
+    folder = Path(results_path).parent
+    out += overload.render(*common.latest_section(r, folder, "overload"))
+    out += fuzz.render(common.latest_section(r, folder, "fuzz")[0])
     out += soak_section(Path(results_path).parent)
     out += locust_soak_section(Path(results_path).parent)
     out += [

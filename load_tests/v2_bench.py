@@ -547,21 +547,8 @@ def targets(section: dict) -> list[dict]:
 
 
 def latest(results: dict, folder: Path) -> tuple[dict | None, str | None]:
-    """This run's V2 section, else the newest results file in ``folder`` that has one (a run of
-    other sections keeps showing the last V2 figures), and the timestamp it is from."""
-    sec = results.get("sections", {}).get("v2")
-    if sec:
-        return sec, results.get("timestamp")
-    import json
-
-    for path in sorted(Path(folder).glob("*.json"), reverse=True):
-        try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(other, dict) and other.get("sections", {}).get("v2", {}).get("available"):
-            return other["sections"]["v2"], other.get("timestamp")
-    return None, None
+    """This run's V2 section, else the newest one measured (common.latest_section)."""
+    return common.latest_section(results, folder, "v2", lambda sec: sec.get("available"))
 
 
 def _ms(x: float | None) -> str:

@@ -281,11 +281,17 @@ if SETTINGS.api_token is not None:
     DLZoo.add_asgi_middleware(
         auth.BearerAuth, token=SETTINGS.api_token, open_paths=SETTINGS.open_paths
     )
-# Past DLZOO_MAX_QUEUE model requests waiting in a worker: 503 at once (service/admission.py).
+# A model request that cannot be answered in time: 503 at once (service/admission.py).
 MODEL_APIS = tuple(
     api.route for api in DLZoo.apis.values() if api.route not in ("/models", "/admin/reload")
 )
-DLZoo.add_asgi_middleware(Admission, limit=SETTINGS.max_queue, apis=MODEL_APIS)
+DLZoo.add_asgi_middleware(
+    Admission,
+    limit=SETTINGS.max_queue,
+    max_wait=SETTINGS.max_latency_ms / 1e3,
+    apis=MODEL_APIS,
+    long_apis=("/generate",),  # answers when the whole generation is done
+)
 open_paths = SETTINGS.open_paths if SETTINGS.api_token is not None else None
 DLZoo.add_asgi_middleware(OpenAPIDocument, service=DLZoo, open_paths=open_paths)  # /docs.json
 if SETTINGS.front_workers > 1:  # with one worker there is nowhere else for a connection to go

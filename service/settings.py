@@ -61,14 +61,15 @@ VARIABLES = (
     Variable("DLZOO_MAX_BATCH", "`64`", "classification: most items per batch (`1`: no batching)"),
     Variable(
         "DLZOO_MAX_QUEUE",
-        "`128`",
+        "`32`",
         "model requests waiting for an answer per HTTP worker; more are refused at once (503, "
         "`Retry-After`)",
     ),
     Variable(
         "DLZOO_MAX_LATENCY_MS",
-        "`10000`",
-        "classification: a request that waited longer for its batch is refused (503)",
+        "`1000`",
+        "a model request is refused at once (503) while the oldest one waiting in its worker has "
+        "waited this long; a classification that waited this long for its batch too",
     ),
     Variable(
         "DLZOO_FRONT_WORKERS",
@@ -222,7 +223,7 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)  # never logged
     api_token: str | None = field(default=None, repr=False)
     open_paths: tuple[str, ...] = OPEN_PATHS
-    max_queue: int = 128
+    max_queue: int = 32
     drain_seconds: float = 30.0
 
     @classmethod
@@ -238,8 +239,8 @@ class Settings:
             max_upload_bytes=env_int(env, "DLZOO_MAX_UPLOAD_BYTES", 10_000_000),
             max_pixels=env_int(env, "DLZOO_MAX_PIXELS", 40_000_000),
             max_batch=env_int(env, "DLZOO_MAX_BATCH", 64),
-            max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 10_000),
-            max_queue=env_int(env, "DLZOO_MAX_QUEUE", 128),
+            max_latency_ms=env_int(env, "DLZOO_MAX_LATENCY_MS", 1_000),
+            max_queue=env_int(env, "DLZOO_MAX_QUEUE", 32),
             drain_seconds=env_float(env, "DLZOO_DRAIN_SECONDS", 30.0),
             front_workers=env_int(env, "DLZOO_FRONT_WORKERS", default_front_workers()),
             inference_workers=1,

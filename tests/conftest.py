@@ -110,6 +110,8 @@ def server(model_repo):
             "DLZOO_MAX_UPLOAD_BYTES": "2000000",
             "DLZOO_MAX_PIXELS": "4000000",
             "DLZOO_FRONT_WORKERS": "2",
+            # the batching tests send 64 requests at once, more than two workers admit by default
+            "DLZOO_MAX_QUEUE": "128",
         },
     ) as srv:
         yield srv

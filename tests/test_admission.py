@@ -1,5 +1,6 @@
 """Admission control (service/admission.py): past DLZOO_MAX_QUEUE model requests waiting in a
-worker, the next is refused at once with 503 + Retry-After; everyone else is served."""
+worker, or behind one that has waited DLZOO_MAX_LATENCY_MS, the next is refused at once with 503 +
+Retry-After; everyone else is served."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_admission_lets_limit_wait_and_refuses_the_next_at_once():
                 await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
 
-        door = Admission(app, limit=2, apis=("/classify", "/generate_stream"))
+        door = Admission(app, limit=2, max_wait=60, apis=("/classify", "/generate_stream"))
 
         async def call(path):
             sent = []
@@ -56,6 +57,43 @@ def test_admission_lets_limit_wait_and_refuses_the_next_at_once():
     asyncio.run(scenario())
 
 
+def test_admission_refuses_while_the_oldest_waiting_request_is_late():
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await gate.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        door = Admission(
+            app, limit=100, max_wait=0.05, apis=("/classify", "/generate"), long_apis=("/generate",)
+        )
+
+        async def call(path):
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            await door({"type": "http", "path": path, "method": "POST", "headers": []}, None, send)
+            return sent[0]["status"]
+
+        generation = asyncio.create_task(call("/generate"))  # long: counted, never late
+        await asyncio.sleep(0.1)
+        early = asyncio.create_task(call("/classify"))
+        await asyncio.sleep(0.01)
+        assert door.waiting == 2 and not early.done()  # the generation's age does not count
+        await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(call("/classify"), 1) == 503  # behind one 0.11 s late
+        gate.set()
+        assert (await early, await generation) == (200, 200)
+        assert door.waiting == 0 and not door.arrivals
+        assert door.oldest_wait(123.0) == 0.0
+
+    asyncio.run(scenario())
+
+
 async def _burst(url: str, count: int) -> list[httpx.Response]:
     files = {"image": ("d.png", DIGIT, "image/png")}
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -64,7 +102,7 @@ async def _burst(url: str, count: int) -> list[httpx.Response]:
 
 
 def test_a_burst_past_the_queue_gets_fast_503s_and_the_rest_answers(model_repo):
-    env = {"DLZOO_MAX_QUEUE": "2", "DLZOO_FRONT_WORKERS": "1"}
+    env = {"DLZOO_MAX_QUEUE": "2", "DLZOO_FRONT_WORKERS": "1"}  # the count bound, not the time
     with Server(model_repo, env=env) as srv:
         answers = asyncio.run(_burst(srv.url, 48))
         statuses = [r.status_code for r in answers]

@@ -25,8 +25,10 @@ def test_recovery_is_the_end_of_the_last_slow_or_refusing_second():
     normal = [[t / 10, 20.0, 200] for t in range(0, 50)]  # p99 20 ms
     after = [[5 + t / 10, 500.0 if t < 22 else 20.0, 200] for t in range(0, 60)]
     after.append([5.3, 3.0, 503])
+    after += [[10.5, 3.0, 503]]  # one refusal in 11 requests: more than 1%
     records = normal + after
-    assert overload.recovery_seconds(records, 5.0, 11.0, 20.0) == 3.0  # slow until t = 7.2 s
+    assert overload.recovery_seconds(records, 5.0, 11.0, 20.0) == 6.0  # refusing until 11 s
+    assert overload.recovery_seconds(records[:-1], 5.0, 11.0, 20.0) == 3.0  # slow until 7.2 s
     assert overload.recovery_seconds(normal, 0.0, 5.0, 20.0) == 0.0
 
 

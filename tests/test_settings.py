@@ -11,7 +11,7 @@ def test_defaults():
     s = Settings.from_env({})
     assert (s.max_batch, s.max_latency_ms, s.inference_workers, s.max_streams) == (
         64,
-        10_000,
+        1_000,
         1,
         64,
     )
