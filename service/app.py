@@ -63,7 +63,6 @@ ImageField = Annotated[Upload, Field(description="the image (PNG, JPEG, BMP, GIF
     name="dlzoo",
     workers=SETTINGS.front_workers,
     traffic={"timeout": 60},
-    service_class=playground.Service,  # Swagger UI at / links to the playground
     **SETTINGS.tracing(),
 )
 class DLZoo:

@@ -103,10 +103,19 @@ def _answers(operation: dict[str, Any], fields: dict[str, Any]) -> None:
         ok["content"]["application/json"] = {"schema": {"type": "object"}}
 
 
+# Swagger UI (at /) shows the description as Markdown above the endpoints.
+PLAYGROUND = (
+    "**[Open the playground: every model of the zoo at work](./ui)** "
+    "(`/ui`: draw a digit, watch a language model write, slide through a latent space)."
+)
+
+
 def document(service, open_paths: tuple[str, ...] | None) -> dict[str, Any]:
     """``service``'s OpenAPI document made truthful; ``open_paths``: the paths that need no token
     when the service requires one (None: no token required)."""
     doc = service.openapi_spec.asdict()
+    info = doc.setdefault("info", {})
+    info["description"] = "\n\n".join(filter(None, [info.get("description"), PLAYGROUND]))
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("InvalidArgument", "NotFound", "InternalServerError", "TaskStatusResponse"):
         schemas.pop(name, None)

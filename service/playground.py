@@ -19,7 +19,6 @@ import functools
 import re
 from pathlib import Path
 
-import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -99,17 +98,3 @@ ROUTES = [
     Route("/models/{name}/{version:int}/pictures/{file}", picture, methods=["GET"]),
 ]
 APP = Starlette(routes=ROUTES)
-
-
-class Service(bentoml.Service):
-    """The front's BentoML service with a link to the playground at the top of Swagger UI (``/``):
-    BentoML 1.4.40 renders ``Service.doc`` as the OpenAPI ``info.description``, which Swagger UI
-    shows as Markdown above the endpoints."""
-
-    @property
-    def doc(self) -> str:
-        return (
-            super().doc
-            + "\n\n**[Open the playground: every model of the zoo at work](./ui)** "
-            + "(`/ui`: draw a digit, watch a language model write, slide through a latent space)."
-        )
