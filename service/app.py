@@ -29,6 +29,7 @@ from service.bentoml_compat import (
     fix_media_types,
     install_error_answers,
     install_multipart,
+    install_outermost,
     stop_listening,
 )
 from service.classify import Classifier, LocalClassifier, RemoteClassifier
@@ -284,7 +285,8 @@ if SETTINGS.api_token is not None:
 MODEL_APIS = tuple(
     api.route for api in DLZoo.apis.values() if api.route not in ("/models", "/admin/reload")
 )
-DLZoo.add_asgi_middleware(
+install_outermost(  # before BentoML's own middlewares: a refusal costs as little as it can
+    "dlzoo",
     Admission,
     limit=SETTINGS.max_queue,
     max_wait=SETTINGS.max_latency_ms / 1e3,

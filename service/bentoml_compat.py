@@ -31,6 +31,9 @@ the new version's source, then add it to ``CHECKED_ON`` (pyproject.toml and bent
    ``BaseAppFactory.middlewares`` imports it from.
 9. ``stop_listening``: a service's workers share one listening socket, which BentoML's worker
    script takes as ``--fd N`` on its command line; uvicorn closes only its own copy on SIGTERM.
+10. ``install_outermost``: ``ServiceAppFactory.middlewares`` puts BentoML's own middlewares
+   (traffic metrics, OpenTelemetry, the access log, the timeout) before a service's
+   ``add_asgi_middleware`` ones; the property is wrapped to put one of ours before them all.
 """
 
 from __future__ import annotations
@@ -300,3 +303,20 @@ def stop_listening() -> None:
             listener.shutdown(socket.SHUT_RD)
     except OSError as exc:  # already shut by another worker, or not a socket
         logging.getLogger("dlzoo.drain").info("listening socket: %s", exc)
+
+
+def install_outermost(service_name: str, middleware, **options) -> None:
+    """``middleware`` first of all in ``service_name``'s app (item 10): what it answers by itself
+    costs nothing of BentoML's per-request work."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from starlette.middleware import Middleware
+
+    inner = ServiceAppFactory.middlewares.fget
+
+    def middlewares(self):
+        stack = inner(self)
+        if self.service.name == service_name:
+            stack = [Middleware(middleware, **options), *stack]
+        return stack
+
+    ServiceAppFactory.middlewares = property(middlewares)
