@@ -4,12 +4,11 @@ A request that runs a model waits from its arrival until its answer begins (a to
 answer begins with its first event, so a stream stops waiting once it flows). A new one is refused
 at once with 503 and ``Retry-After``, before its body is read, while the oldest request still
 waiting has waited the latency bound (it would wait as long), or while the worker already has its
-most waiting: under overload the requests taken keep a bounded latency, and the rest learn in
-milliseconds to try again (or elsewhere) instead of waiting in a queue they cannot get through in
-time. A bound in time, not a count alone, so that many clients of a model the worker keeps up
-with are never refused. The check is at the door, not per model after
-the body is parsed, because on a front worker the queue is its own event loop and CPU: reading and
-parsing a refused request's body would cost a good part of serving it (load_tests/FINDINGS.md).
+most waiting (a cap that keeps the worker's event loop responsive). Under overload the requests
+taken keep a bounded latency, and the rest learn in milliseconds to try again, or elsewhere.
+The check is at the door, not per model after the body is parsed: on a front worker the queue is
+its own event loop, and reading and parsing a refused request's body would cost a good part of
+serving it (load_tests/FINDINGS.md). The middleware goes before BentoML's own for the same reason.
 """
 
 from __future__ import annotations

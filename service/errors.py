@@ -43,7 +43,6 @@ __all__ = [
     "ClientError",
     "Failure",
     "NotFoundError",
-    "Overloaded",
     "PayloadTooLarge",
     "ServiceUnavailableError",
     "Unprocessable",
@@ -102,10 +101,6 @@ class ServiceUnavailableError(_Answered):
     overloaded. Not a client error; answered with its message and ``Retry-After``."""
 
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
-
-
-class Overloaded(ServiceUnavailableError):
-    """503 at once: too many requests of one model in progress (service/admission.py)."""
 
 
 _BY_STATUS = {
