@@ -19,7 +19,6 @@ import json
 import math
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -42,22 +41,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ui_repo(model_repo, tmp_path_factory) -> Path:
-    """One model of every other task from dry runs (~25 s on 2 cores), and the session's
-    repository copied beside them (other tests count its versions)."""
-    from training import pipeline
-
-    root = tmp_path_factory.mktemp("ui") / "models"
-    runs = tmp_path_factory.mktemp("ui-runs")
-    for name in ("vae", "gan", "gru", "seq2seq"):  # before lenet5 joins: nothing judges samples
-        pipeline.train(name, profile="dry-run", models_root=root, runs_root=runs, progress=False)
-    shutil.copytree(model_repo, root, dirs_exist_ok=True)
-    return root
-
-
-@pytest.fixture(scope="module")
-def ui_server(ui_repo):
-    with Server(ui_repo, env={"DLZOO_FRONT_WORKERS": "1"}) as srv:
+def ui_server(zoo_repo):  # conftest: one model of every task
+    with Server(zoo_repo, env={"DLZOO_FRONT_WORKERS": "1"}) as srv:
         yield srv
 
 
@@ -439,12 +424,12 @@ def test_swagger_ui_at_the_root_links_to_the_page(browser, ui_server):
     browser.get_log("browser")  # read: not checked
 
 
-def test_with_an_api_token_the_page_asks_for_it_and_sends_it(browser, ui_repo):
+def test_with_an_api_token_the_page_asks_for_it_and_sends_it(browser, zoo_repo):
     """DLZOO_API_TOKEN guards every endpoint: with the page's own files open, the page asks for the
     token at the first 401 and sends it with every later call (card pictures included)."""
     pages = "/ui,/ui/app.js,/ui/style.css"
     env = {"DLZOO_API_TOKEN": "s3cret", "DLZOO_OPEN_PATHS": f"/livez,/readyz,/metrics,{pages}"}
-    with Server(ui_repo, env=env) as server:
+    with Server(zoo_repo, env=env) as server:
         assert httpx.get(server.url + "/models").status_code == 401
         browser.get(server.url + "/ui")
         form = browser.find_element(By.ID, "token-form")
