@@ -94,6 +94,18 @@ def zoo_repo(model_repo, tmp_path_factory) -> Path:
     return root
 
 
+def sse_events(lines) -> list[tuple[str, dict]]:
+    """Server-Sent Event lines as (event name, data): "message" for unnamed ones."""
+    events, kind = [], "message"
+    for line in lines:
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            events.append((kind, json.loads(line[5:])))
+            kind = "message"
+    return events
+
+
 def Server(models: Path, env: dict[str, str] | None = None) -> common.Server:
     """``bentoml serve`` over ``models`` (the harness load_tests uses too), its log and BentoML
     home beside the repository; ``with Server(...) as srv``: ready inside, stopped after."""

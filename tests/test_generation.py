@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import Server
+from conftest import Server, sse_events
 
 from service import sampling, seq2seq
 from service import sequence as textgen
@@ -455,17 +454,6 @@ def seq_server(seq_repo):
 def http(seq_server):
     with httpx.Client(base_url=seq_server.url, timeout=60) as c:
         yield c
-
-
-def sse_events(lines) -> list[tuple[str, dict]]:
-    events, kind = [], "message"
-    for line in lines:
-        if line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            events.append((kind, json.loads(line[5:])))
-            kind = "message"
-    return events
 
 
 def metric(http, name: str, **labels) -> float:

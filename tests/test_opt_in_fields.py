@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import Server
+from conftest import Server, sse_events
 
 from service.card import sha256_file
 from service.sampling import Sampling, Vocab
@@ -66,17 +66,6 @@ def http(repo):
             "seq2seq-old": "ready",
         }
         yield c
-
-
-def sse(lines) -> list[tuple[str, dict]]:
-    events, kind = [], "message"
-    for line in lines:
-        if line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            events.append((kind, json.loads(line[5:])))
-            kind = "message"
-    return events
 
 
 # --- alternatives ---------------------------------------------------------------------------------
@@ -141,7 +130,7 @@ def test_streamed_alternatives_go_with_the_text_they_explain(http):
     }
     whole = http.post("/generate", json=body).json()
     with http.stream("POST", "/generate_stream", json=body) as r:
-        events = sse(r.iter_lines())
+        events = sse_events(r.iter_lines())
     tokens = [data for kind, data in events if kind == "message"]
     assert "".join(t["text"] for t in tokens) == whole["text"]
     # one entry per token, sent with the text it wrote (an <unk> writes none: its entry goes with
@@ -164,7 +153,7 @@ def test_alternatives_of_a_stop_string_are_not_sent(http):
     with http.stream(
         "POST", "/generate_stream", json={**body, "stop": [stop], "alternatives": 2}
     ) as r:
-        tokens = [d for kind, d in sse(r.iter_lines()) if kind == "message"]
+        tokens = [d for kind, d in sse_events(r.iter_lines()) if kind == "message"]
     assert [a for t in tokens for a in t["alternatives"]] == out["alternatives"]
 
 
